@@ -1,0 +1,207 @@
+"""`anyloc` command line: build vocabularies, encode images, fit PCA, export ONNX, evaluate.
+
+Every sub-command takes an encoder config (`--config FILE.yaml`) or a named preset
+(`--preset NAME`); errors in inputs are reported in one line with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .core.config import PRESETS, EncoderConfig
+from .core.errors import AnyLocError
+
+log = logging.getLogger("anyloc")
+
+
+def _encoder_config(args: argparse.Namespace) -> EncoderConfig:
+    if getattr(args, "config", None):
+        cfg = EncoderConfig.from_yaml(args.config)
+    else:
+        cfg = EncoderConfig.from_dict({"preset": args.preset})
+    if getattr(args, "device", None):
+        cfg.backbone.device = args.device
+    if getattr(args, "vocabulary", None):
+        cfg.aggregation.vocabulary = str(Path(args.vocabulary).expanduser().resolve())
+    if getattr(args, "pca", None):
+        cfg.projection.pca = str(Path(args.pca).expanduser().resolve())
+    return cfg
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="encoder config YAML (see config/encoders/)")
+    g.add_argument("--preset", default="dinov2_vitg14_vlad", choices=sorted(PRESETS), help="named encoder preset")
+    p.add_argument("--device", help="override backbone.device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--vocabulary", help="override aggregation.vocabulary (VLAD vocabulary file)")
+    p.add_argument("--pca", help="override projection.pca (PCA file from `anyloc fit-pca`)")
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, preset in PRESETS.items():
+        b, a = preset["backbone"], preset["aggregation"]
+        print(f"{name:22s} backbone={b['type']}:{b.get('model', 'onnx')} layer={b.get('layer', '-')} "
+              f"facet={b.get('facet', '-')} aggregation={a['type']}")
+    return 0
+
+
+def cmd_build_vocab(args: argparse.Namespace) -> int:
+    from .core.encoder import build_backbone
+    from .core.images import list_images
+    from .core.vocabulary import build_vocabulary
+
+    cfg = _encoder_config(args)
+    images = list_images(args.images)
+    if args.max_images and len(images) > args.max_images:
+        step = len(images) / args.max_images
+        images = [images[int(i * step)] for i in range(args.max_images)]
+    backbone = build_backbone(cfg)
+    vocab = build_vocabulary(
+        backbone, images, num_clusters=args.clusters, samples_per_image=args.samples_per_image,
+        max_samples=args.max_samples, niter=args.niter, seed=args.seed, batch_size=cfg.batch_size,
+        progress=not args.quiet,
+    )
+    vocab.save(args.output)
+    print(f"vocabulary: {vocab.num_clusters} x {vocab.feature_dim} from {vocab.metadata['images']} images "
+          f"({vocab.metadata['samples']} samples) -> {args.output}")
+    return 0
+
+
+def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool) -> tuple[np.ndarray, list[Path], Any]:
+    from tqdm import tqdm
+
+    from .core.encoder import Encoder
+    from .core.images import list_images, load_image
+
+    encoder = Encoder.from_config(cfg)
+    paths = list_images(folder)
+    out = np.empty((len(paths), encoder.dim), dtype=np.float32)
+    bs = cfg.batch_size
+    with tqdm(total=len(paths), desc="encode", unit="img", disable=quiet) as bar:
+        for i in range(0, len(paths), bs):
+            chunk = paths[i : i + bs]
+            out[i : i + len(chunk)] = encoder.encode([load_image(p) for p in chunk])
+            bar.update(len(chunk))
+    return out, paths, encoder
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .core.fileio import save_npz
+
+    cfg = _encoder_config(args)
+    desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet)
+    meta = {"encoder": encoder.signature(), "images": [p.name for p in paths], "source": str(Path(args.images))}
+    save_npz(args.output, meta, descriptors=desc)
+    print(f"encoded {len(paths)} images -> {desc.shape[1]}-D descriptors in {args.output}")
+    return 0
+
+
+def cmd_fit_pca(args: argparse.Namespace) -> int:
+    from .core.projection import PCA
+
+    cfg = _encoder_config(args)
+    cfg.projection.pca = None  # fit on the un-projected descriptors
+    desc, paths, _ = _encode_folder(cfg, args.images, args.quiet)
+    pca = PCA.fit(desc, args.dim, whiten=args.whiten)
+    pca.metadata["source_images"] = str(args.images)
+    pca.save(args.output)
+    print(f"PCA {pca.input_dim} -> {pca.output_dim} (whiten={args.whiten}) from {len(paths)} images -> {args.output}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .core.backbones import Dinov2Backbone, export_dinov2_onnx
+    from .core.encoder import build_backbone
+
+    cfg = _encoder_config(args)
+    cfg.backbone.device = "cpu"
+    cfg.backbone.precision = "float32"
+    backbone = build_backbone(cfg)
+    if not isinstance(backbone, Dinov2Backbone):
+        raise AnyLocError("export-onnx needs a dinov2 backbone config")
+    h, w = args.height, args.width
+    if h % backbone.patch_size or w % backbone.patch_size:
+        raise AnyLocError(f"--height/--width must be multiples of the patch size {backbone.patch_size}")
+    out = export_dinov2_onnx(backbone, args.output, h, w, opset=args.opset)
+    print(f"exported {backbone.model_name} layer {backbone.layer} facet {backbone.facet} -> {out} "
+          f"(+ {out.with_suffix('.json').name}); use it with backbone.type: onnx, output_layout: nhwc")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anyloc", description="AnyLoc visual place recognition tools")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("presets", help="list the named encoder presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("build-vocab", help="build a VLAD vocabulary (k-means on dense features of a folder of images)")
+    _add_encoder_args(p)
+    p.add_argument("--images", required=True, help="folder of images from the target domain")
+    p.add_argument("--clusters", type=int, default=32)
+    p.add_argument("--output", required=True, help="vocabulary file (.npz)")
+    p.add_argument("--samples-per-image", type=int, default=1000)
+    p.add_argument("--max-samples", type=int, default=200_000, help="reservoir size: bounds memory")
+    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (evenly spaced)")
+    p.add_argument("--niter", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_build_vocab)
+
+    p = sub.add_parser("encode", help="encode a folder of images into global descriptors (.npz)")
+    _add_encoder_args(p)
+    p.add_argument("--images", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("fit-pca", help="fit a PCA projection of the encoder's descriptors")
+    _add_encoder_args(p)
+    p.add_argument("--images", required=True)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--whiten", action="store_true")
+    p.add_argument("--output", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fit_pca)
+
+    p = sub.add_parser("export-onnx", help="export the configured DINOv2 layer/facet extractor to ONNX")
+    _add_encoder_args(p)
+    p.add_argument("--output", required=True)
+    p.add_argument("--height", type=int, default=322)
+    p.add_argument("--width", type=int, default=434)
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export_onnx)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Sub-commands defined in other modules (evaluation, bags) add themselves here.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except AnyLocError as exc:
+        print(f"anyloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

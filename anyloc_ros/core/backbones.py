@@ -1,0 +1,425 @@
+"""Dense feature backbones: images in, patch features (B, h, w, D) out.
+
+Two implementations share the `DenseBackbone` interface:
+
+* `Dinov2Backbone` — DINOv2 (with or without registers) through transformers, any layer and
+  facet (query | key | value | token). Only the blocks up to the chosen layer are kept and
+  run; for the q/k/v facets the chosen block stops after its projection.
+* `OnnxBackbone` — any dense-feature network exported to ONNX, on onnxruntime (TensorRT /
+  CUDA execution providers when present, CPU otherwise): XFeat, or a DINOv2 extractor made
+  by `anyloc export-onnx`.
+
+CLS and register tokens are dropped; every backbone returns float32 CPU tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsNotFoundError
+from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, patch_aligned_size, to_normalized_tensor
+
+log = logging.getLogger(__name__)
+
+FACETS = ("query", "key", "value", "token")
+
+
+@dataclass(frozen=True)
+class Dinov2Size:
+    hub_id: str
+    hub_id_registers: str
+    num_layers: int
+    dim: int
+    default_layer: int
+
+
+# Default layer per size. ViT-G/14 layer 31 (value facet) is AnyLoc's measured best; for the
+# smaller models AnyLoc reports the peak between the middle and the last block, so the same
+# relative depth (~3/4) is the default until measured on the user's data.
+DINOV2_SIZES: dict[str, Dinov2Size] = {
+    "vits14": Dinov2Size("facebook/dinov2-small", "facebook/dinov2-with-registers-small", 12, 384, 9),
+    "vitb14": Dinov2Size("facebook/dinov2-base", "facebook/dinov2-with-registers-base", 12, 768, 9),
+    "vitl14": Dinov2Size("facebook/dinov2-large", "facebook/dinov2-with-registers-large", 24, 1024, 18),
+    "vitg14": Dinov2Size("facebook/dinov2-giant", "facebook/dinov2-with-registers-giant", 40, 1536, 31),
+}
+
+
+class DenseBackbone(Protocol):
+    """Images in, dense patch features out."""
+
+    feature_dim: int
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input size (h, w) used for an image of the given size."""
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Validate, resize and normalise images into one (B, 3, h, w) float32 tensor.
+
+        A batch is resized to one input size: the target size of its first image."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The bare network: (B, 3, h, w) pixels -> float32 (B, h', w', D) features on the CPU."""
+
+    def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """`forward(preprocess(images))`."""
+
+    def signature(self) -> dict[str, Any]:
+        """What a vocabulary or map built on these features must match."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; an unavailable CUDA request falls back to CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        log.warning("device %r requested but CUDA is not available; falling back to CPU", device)
+        return torch.device("cpu")
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' -> float16 on CUDA, float32 on CPU; or an explicit float32/float16/bfloat16."""
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in table:
+        raise ConfigError(f"precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+    if precision == "float16" and device.type == "cpu":
+        log.warning("float16 on CPU is slow and poorly supported; using float32")
+        return torch.float32
+    return table[precision]
+
+
+def _find_projection(block: nn.Module, facet: str) -> nn.Module:
+    """The q/k/v Linear of a transformers DINOv2 block (names differ across versions)."""
+    attn = block.attention
+    names = {"query": ("q_proj", "query"), "key": ("k_proj", "key"), "value": ("v_proj", "value")}[facet]
+    for holder in (attn, getattr(attn, "attention", None)):
+        for name in names:
+            if holder is not None and isinstance(getattr(holder, name, None), nn.Linear):
+                return getattr(holder, name)
+    raise ConfigError(f"cannot find the {facet} projection in {type(attn).__name__}")
+
+
+class Dinov2FacetExtractor(nn.Module):
+    """Embeddings + blocks 0..layer of a DINOv2 model, returning one facet of block `layer`.
+
+    `value` (AnyLoc's choice) is the value projection of the block's LayerNorm'd input;
+    `token` is the block's output. The forward pass is plain tensor code, so it exports to
+    ONNX and traces as is.
+    """
+
+    def __init__(self, model: nn.Module, layer: int, facet: str) -> None:
+        super().__init__()
+        blocks = model.encoder.layer
+        self.embeddings = model.embeddings
+        self.blocks = nn.ModuleList(list(blocks[: layer + 1]))
+        self.facet = facet
+        self.projection = None if facet == "token" else _find_projection(blocks[layer], facet)
+        self.patch_size = int(model.config.patch_size)
+        self.num_prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = pixel_values.shape[-2] // self.patch_size
+        w = pixel_values.shape[-1] // self.patch_size
+        x = self.embeddings(pixel_values)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        x = last(x) if self.projection is None else self.projection(last.norm1(x))
+        x = x[:, self.num_prefix_tokens :, :]
+        return x.reshape(x.shape[0], h, w, x.shape[-1])
+
+
+def load_dinov2(model: str, local_files_only: bool | None = None) -> nn.Module:
+    """Load a DINOv2 / DINOv2-with-registers model from a local directory or a hub id.
+
+    A local directory is read with no network access. A hub id is looked up in the Hugging
+    Face cache (HF_HOME) first; it is downloaded only when the hub is reachable and
+    HF_HUB_OFFLINE is not set.
+    """
+    from transformers import AutoModel
+
+    is_dir = Path(model).expanduser().is_dir()
+    path = str(Path(model).expanduser()) if is_dir else model
+    if local_files_only is None:
+        local_files_only = is_dir or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        net = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFoundError(
+            f"DINOv2 weights {model!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            "On a machine with network access run `hf download facebook/dinov2-giant --local-dir "
+            "<dir>` (or the -small/-base/-large / -with-registers-* variant you configured), copy <dir> "
+            "to the robot and set backbone.model to that directory; or point HF_HOME at a cache that holds it."
+        ) from exc
+    if getattr(net.config, "model_type", "") not in ("dinov2", "dinov2_with_registers"):
+        raise ConfigError(f"{model!r} is a {net.config.model_type!r} model, not DINOv2")
+    return net.eval()
+
+
+class Dinov2Backbone:
+    """DINOv2 dense features of one layer and facet, via transformers.
+
+    Args:
+        model: hub id (e.g. "facebook/dinov2-giant") or a local directory saved with
+            `save_pretrained`; a size key of `DINOV2_SIZES` ("vitg14", ...) picks the hub id.
+        layer: zero-based block index (negative counts from the end); None = size default.
+        facet: "query", "key", "value" or "token".
+        max_side: longer image side after resizing (aspect kept, sides multiples of 14).
+        image_size: fixed (h, w) input size instead of `max_side` (multiples of 14).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        precision: "auto" (fp16 on CUDA, fp32 on CPU), "float32", "float16", "bfloat16".
+        registers: with a size key, use the with-registers checkpoint.
+    """
+
+    kind = "dinov2"
+
+    def __init__(
+        self,
+        model: str = "vitg14",
+        layer: int | None = None,
+        facet: str = "value",
+        max_side: int = 448,
+        image_size: tuple[int, int] | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        registers: bool = False,
+    ) -> None:
+        if facet not in FACETS:
+            raise ConfigError(f"facet must be one of {FACETS}, got {facet!r}")
+        size = DINOV2_SIZES.get(model)
+        if size is not None:
+            model = size.hub_id_registers if registers else size.hub_id
+        net = load_dinov2(model)
+        num_layers = int(net.config.num_hidden_layers)
+        if layer is None:
+            layer = size.default_layer if size else round(0.78 * (num_layers - 1))
+        if not -num_layers <= layer < num_layers:
+            raise ConfigError(f"layer {layer} out of range for a {num_layers}-block model")
+        self.layer = layer % num_layers
+        self.facet = facet
+        self.model_name = model
+        self.patch_size = int(net.config.patch_size)
+        self.feature_dim = int(net.config.hidden_size)
+        self.num_layers = num_layers
+        self.architecture = f"{net.config.model_type}-d{self.feature_dim}-l{num_layers}-p{self.patch_size}"
+        if image_size is not None:
+            ih, iw = image_size
+            if ih % self.patch_size or iw % self.patch_size:
+                raise ConfigError(f"image_size {image_size} must be multiples of the patch size {self.patch_size}")
+        if max_side < self.patch_size:
+            raise ConfigError(f"max_side {max_side} is smaller than the patch size {self.patch_size}")
+        self.max_side = int(max_side)
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(precision, self.device)
+        self.extractor = Dinov2FacetExtractor(net, self.layer, facet).to(self.device, self.dtype).eval()
+        del net  # blocks after `layer` and the final norm are never needed
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.image_size is not None:
+            return self.image_size  # type: ignore[return-value]
+        return patch_aligned_size(height, width, self.patch_size, self.max_side)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Validated, resized, ImageNet-normalised (B, 3, h, w) float32 CPU tensor."""
+        rgb = [as_rgb_uint8(im) for im in images]
+        return to_normalized_tensor(rgb, self.target_size(*rgb[0].shape[:2]), IMAGENET_MEAN, IMAGENET_STD)
+
+    @torch.inference_mode()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The bare backbone: normalised pixels -> (B, h, w, D) float32 CPU features."""
+        out = self.extractor(pixels.to(self.device, self.dtype, non_blocking=True))
+        return out.float().cpu()
+
+    def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.forward(self.preprocess(images))
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "backbone": self.kind,
+            "model": self.architecture,
+            "layer": self.layer,
+            "facet": self.facet,
+            "feature_dim": self.feature_dim,
+        }
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Cheap identity of a (possibly multi-GB) model file: size + hash of its first MiB."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+    return f"{path.stat().st_size}-{h.hexdigest()[:16]}"
+
+
+class OnnxBackbone:
+    """A dense-feature network exported to ONNX, run on onnxruntime.
+
+    Args:
+        model_path: the .onnx file.
+        input_name / output_name: tensor names (default: the first input / output).
+        input_size: (h, w) when the model's input is dynamic; ignored when it is fixed.
+        mean / std: per-channel normalisation of RGB values in [0, 1].
+        output_layout: "nchw" (B, D, h, w) or "nhwc" (B, h, w, D).
+        device: "auto" / "cuda" use the TensorRT and CUDA providers when installed.
+        max_side / patch_size: for dynamic inputs without `input_size`.
+    """
+
+    kind = "onnx"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        input_name: str | None = None,
+        output_name: str | None = None,
+        input_size: tuple[int, int] | None = None,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        output_layout: str = "nchw",
+        device: str = "auto",
+        max_side: int = 448,
+        patch_size: int = 14,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"ONNX model not found: {path}. Export one with `anyloc export-onnx` or set "
+                "backbone.model_path to an existing .onnx file"
+            )
+        if output_layout not in ("nchw", "nhwc"):
+            raise ConfigError(f"output_layout must be 'nchw' or 'nhwc', got {output_layout!r}")
+        available = ort.get_available_providers()
+        wanted = ["CPUExecutionProvider"]
+        if device != "cpu":
+            wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise WeightsNotFoundError(f"cannot load ONNX model {path}: {exc}") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self.input_name = input_name or next(iter(inputs))
+        self.output_name = output_name or next(iter(outputs))
+        if self.input_name not in inputs:
+            raise ConfigError(f"{path} has no input {self.input_name!r}; inputs: {list(inputs)}")
+        if self.output_name not in outputs:
+            raise ConfigError(f"{path} has no output {self.output_name!r}; outputs: {list(outputs)}")
+        in_shape = inputs[self.input_name].shape
+        out_shape = outputs[self.output_name].shape
+        fixed = all(isinstance(s, int) for s in in_shape[2:4])
+        self.fixed_size = (int(in_shape[2]), int(in_shape[3])) if fixed else None
+        self.fixed_batch = in_shape[0] if isinstance(in_shape[0], int) else None
+        self.input_size = self.fixed_size or (tuple(input_size) if input_size else None)
+        self.output_layout = output_layout
+        ch = out_shape[1] if output_layout == "nchw" else out_shape[-1]
+        if not isinstance(ch, int):
+            raise ConfigError(f"output {self.output_name!r} of {path} has a dynamic channel dimension")
+        self.feature_dim = int(ch)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.max_side = int(max_side)
+        self.patch_size = int(patch_size)
+        self.model_path = path
+        self.providers = self.session.get_providers()
+        self._fingerprint = _file_fingerprint(path)
+        # An extractor exported by `anyloc export-onnx` carries the signature of the DINOv2
+        # layer/facet it computes, so vocabularies and maps built with either path match.
+        sidecar = path.with_suffix(".json")
+        self._exported_signature = None
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+            self._exported_signature = meta.get("signature")
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.input_size is not None:
+            return self.input_size  # type: ignore[return-value]
+        return patch_aligned_size(height, width, self.patch_size, self.max_side)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        rgb = [as_rgb_uint8(im) for im in images]
+        return to_normalized_tensor(rgb, self.target_size(*rgb[0].shape[:2]), self.mean, self.std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.numpy()
+        step = self.fixed_batch or len(x)
+        outs = [
+            self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0]
+            for i in range(0, len(x), step)
+        ]
+        out = torch.from_numpy(np.concatenate(outs, axis=0))
+        if self.output_layout == "nchw":
+            out = out.permute(0, 2, 3, 1)
+        return out.float().contiguous()
+
+    def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.forward(self.preprocess(images))
+
+    def signature(self) -> dict[str, Any]:
+        if self._exported_signature:
+            return dict(self._exported_signature)
+        return {
+            "backbone": self.kind,
+            "model": f"{self.model_path.name}:{self._fingerprint}",
+            "layer": self.output_name,
+            "facet": self.output_layout,
+            "feature_dim": self.feature_dim,
+        }
+
+
+def export_dinov2_onnx(backbone: Dinov2Backbone, output: str | Path, height: int, width: int, opset: int = 17) -> Path:
+    """Export the backbone's layer/facet extractor to ONNX with dynamic batch and image size.
+
+    The output is (B, h, w, D) ("nhwc"); load it with `OnnxBackbone(..., output_layout="nhwc",
+    mean=IMAGENET_MEAN, std=IMAGENET_STD)` or the `onnx` backbone config written beside it.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    extractor = backbone.extractor.float().cpu().eval()
+    dummy = torch.zeros(1, 3, height, width)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    with torch.inference_mode():
+        torch.onnx.export(
+            extractor,
+            (dummy,),
+            str(tmp),
+            input_names=["pixel_values"],
+            output_names=["features"],
+            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 1: "h", 2: "w"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    os.replace(tmp, output)
+    extractor.to(backbone.device, backbone.dtype)
+    sidecar = {
+        "signature": backbone.signature(),
+        "source_model": backbone.model_name,
+        "output_layout": "nhwc",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "patch_size": backbone.patch_size,
+        "export_size": [height, width],
+    }
+    output.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return output

@@ -1,0 +1,197 @@
+"""Encoder configuration: one YAML file (or a named preset) -> backbone + aggregator + PCA.
+
+Presets follow hloc's idea: a name stands for the model, its preprocessing and its output
+in one small record, and a YAML file may start from a preset and override any field:
+
+    preset: dinov2_vitg14_vlad
+    aggregation: {vocabulary: vocab/indoor.npz}
+
+Relative paths in a YAML file are resolved against the file's own directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .backbones import DINOV2_SIZES, FACETS
+from .errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # AnyLoc's best: DINOv2 ViT-G/14, layer 31, value facet, hard VLAD over 32 clusters.
+    "dinov2_vitg14_vlad": {
+        "backbone": {"type": "dinov2", "model": "vitg14", "layer": 31, "facet": "value", "max_side": 448},
+        "aggregation": {"type": "vlad", "mode": "hard"},
+    },
+    "dinov2_vitl14_vlad": {
+        "backbone": {"type": "dinov2", "model": "vitl14", "layer": 18, "facet": "value", "max_side": 448},
+        "aggregation": {"type": "vlad", "mode": "hard"},
+    },
+    "dinov2_vitb14_vlad": {
+        "backbone": {"type": "dinov2", "model": "vitb14", "layer": 9, "facet": "value", "max_side": 448},
+        "aggregation": {"type": "vlad", "mode": "hard"},
+    },
+    # Small and vocabulary-free: for robots with little compute and no domain images yet.
+    "dinov2_vits14_gem": {
+        "backbone": {"type": "dinov2", "model": "vits14", "layer": 9, "facet": "value", "max_side": 448},
+        "aggregation": {"type": "gem", "p": 3.0},
+    },
+    # The real pretrained dense network available offline: XFeat's 64-D descriptors, 80x80 grid.
+    "xfeat_vlad": {
+        "backbone": {"type": "onnx", "output_name": "output", "output_layout": "nchw",
+                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        "aggregation": {"type": "vlad", "mode": "hard"},
+    },
+}
+
+
+@dataclass
+class BackboneConfig:
+    type: str = "dinov2"  # dinov2 | onnx
+    # dinov2
+    model: str = "vitg14"  # size key, hub id or local directory
+    layer: int | None = None
+    facet: str = "value"
+    registers: bool = False
+    precision: str = "auto"
+    # onnx
+    model_path: str | None = None
+    input_name: str | None = None
+    output_name: str | None = None
+    output_layout: str = "nchw"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    threads: int = 0
+    # both
+    max_side: int = 448
+    image_size: list[int] | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.type not in ("dinov2", "onnx"):
+            raise ConfigError(f"backbone.type must be 'dinov2' or 'onnx', got {self.type!r}")
+        if self.facet not in FACETS:
+            raise ConfigError(f"backbone.facet must be one of {FACETS}, got {self.facet!r}")
+        if self.type == "onnx" and not self.model_path:
+            raise ConfigError("backbone.model_path is required for an onnx backbone")
+        if self.max_side < 14:
+            raise ConfigError(f"backbone.max_side must be >= 14, got {self.max_side}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"backbone.image_size must be [height, width], got {self.image_size}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != 3:
+                raise ConfigError(f"backbone.{name} must have 3 values, got {v}")
+        if self.type == "dinov2" and self.model in DINOV2_SIZES and self.layer is not None:
+            n = DINOV2_SIZES[self.model].num_layers
+            if not -n <= self.layer < n:
+                raise ConfigError(f"backbone.layer {self.layer} out of range for {self.model} ({n} blocks)")
+
+
+@dataclass
+class AggregationConfig:
+    type: str = "vlad"  # vlad | gem
+    vocabulary: str | None = None
+    mode: str = "hard"
+    soft_temperature: float = 1.0
+    intra_norm: bool = True
+    num_clusters: int = 32  # used when building a vocabulary
+    p: float = 3.0
+
+    def validate(self) -> None:
+        if self.type not in ("vlad", "gem"):
+            raise ConfigError(f"aggregation.type must be 'vlad' or 'gem', got {self.type!r}")
+        if self.mode not in ("hard", "soft"):
+            raise ConfigError(f"aggregation.mode must be 'hard' or 'soft', got {self.mode!r}")
+        if self.soft_temperature <= 0 or self.p <= 0 or self.num_clusters < 1:
+            raise ConfigError("aggregation.soft_temperature, p and num_clusters must be positive")
+
+
+@dataclass
+class ProjectionConfig:
+    pca: str | None = None  # path of a PCA file made by `anyloc fit-pca`
+
+
+@dataclass
+class EncoderConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    batch_size: int = 8
+    preset: str | None = None
+
+    def validate(self) -> "EncoderConfig":
+        self.backbone.validate()
+        self.aggregation.validate()
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, base_dir: str | Path | None = None) -> "EncoderConfig":
+        data = copy.deepcopy(data or {})
+        preset = data.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"unknown encoder preset {preset!r}; known: {sorted(PRESETS)}")
+            data = _merge(copy.deepcopy(PRESETS[preset]), data)
+        unknown = set(data) - {"backbone", "aggregation", "projection", "batch_size", "preset"}
+        if unknown:
+            raise ConfigError(f"unknown encoder config keys: {sorted(unknown)}")
+        try:
+            cfg = cls(
+                backbone=BackboneConfig(**(data.get("backbone") or {})),
+                aggregation=AggregationConfig(**(data.get("aggregation") or {})),
+                projection=ProjectionConfig(**(data.get("projection") or {})),
+                batch_size=int(data.get("batch_size", 8)),
+                preset=preset,
+            )
+        except TypeError as exc:  # unknown field in a section
+            raise ConfigError(f"invalid encoder config: {exc}") from exc
+        if base_dir is not None:
+            cfg.resolve_paths(Path(base_dir))
+        return cfg.validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "EncoderConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"encoder config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"encoder config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"encoder config {path} must be a mapping")
+        return cls.from_dict(data, base_dir=path.parent)
+
+    def resolve_paths(self, base: Path) -> None:
+        def fix(p: str | None) -> str | None:
+            if p is None:
+                return None
+            q = Path(os.path.expandvars(p)).expanduser()
+            return str(q if q.is_absolute() else (base / q).resolve())
+
+        self.backbone.model_path = fix(self.backbone.model_path)
+        self.aggregation.vocabulary = fix(self.aggregation.vocabulary)
+        self.projection.pca = fix(self.projection.pca)
+        # A DINOv2 model given as a directory relative to the file (hub ids stay as they are).
+        if self.backbone.type == "dinov2" and (base / self.backbone.model).is_dir():
+            self.backbone.model = str((base / self.backbone.model).resolve())
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _merge(base[k], v)
+        else:
+            base[k] = v
+    return base

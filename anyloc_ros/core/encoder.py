@@ -1,0 +1,185 @@
+"""The place encoder: dense backbone -> aggregator (VLAD | GeM) -> optional PCA.
+
+    encoder = Encoder.from_config("config/encoders/xfeat_vlad.yaml")
+    descriptors = encoder.encode(images)  # (B, dim) float32, rows L2-normalised
+
+`signature()` says exactly which features a descriptor is made of (backbone, layer, facet,
+vocabulary hash, PCA hash, dim); maps and evaluation caches record it so descriptors from
+different encoders are never mixed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .aggregation import GeM, VLAD
+from .backbones import DenseBackbone, Dinov2Backbone, OnnxBackbone
+from .config import EncoderConfig
+from .errors import ConfigError, FeatureDimensionError, ImageError
+from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from .projection import PCA
+from .vocabulary import Vocabulary
+
+
+def build_backbone(cfg: EncoderConfig) -> DenseBackbone:
+    b = cfg.backbone
+    if b.type == "dinov2":
+        return Dinov2Backbone(
+            model=b.model, layer=b.layer, facet=b.facet, max_side=b.max_side,
+            image_size=tuple(b.image_size) if b.image_size else None,
+            device=b.device, precision=b.precision, registers=b.registers,
+        )
+    return OnnxBackbone(
+        b.model_path, input_name=b.input_name, output_name=b.output_name,
+        input_size=tuple(b.image_size) if b.image_size else None,
+        mean=b.mean if b.mean is not None else IMAGENET_MEAN,
+        std=b.std if b.std is not None else IMAGENET_STD,
+        output_layout=b.output_layout, device=b.device, max_side=b.max_side, threads=b.threads,
+    )
+
+
+@dataclass
+class EncodeTimings:
+    """Wall time of the last `encode` call, split by stage (seconds)."""
+
+    preprocess: float = 0.0
+    backbone: float = 0.0
+    aggregate: float = 0.0
+    images: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.preprocess + self.backbone + self.aggregate
+
+
+class Encoder:
+    """Images -> L2-normalised global place descriptors."""
+
+    def __init__(
+        self,
+        backbone: DenseBackbone,
+        aggregator: VLAD | GeM,
+        pca: PCA | None = None,
+        vocabulary: Vocabulary | None = None,
+        config: EncoderConfig | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        if vocabulary is not None:
+            vocabulary.check_compatible(backbone.signature())
+        if isinstance(aggregator, VLAD) and aggregator.feature_dim != backbone.feature_dim:
+            raise FeatureDimensionError(
+                f"VLAD vocabulary is {aggregator.feature_dim}-D but the backbone gives {backbone.feature_dim}-D features"
+            )
+        agg_dim = aggregator.dim if isinstance(aggregator, VLAD) else backbone.feature_dim
+        if pca is not None and pca.input_dim != agg_dim:
+            raise FeatureDimensionError(f"PCA expects {pca.input_dim}-D descriptors but the aggregator gives {agg_dim}-D")
+        self.backbone = backbone
+        self.aggregator = aggregator
+        self.pca = pca
+        self.vocabulary = vocabulary
+        self.config = config
+        self.batch_size = batch_size
+        self.dim = pca.output_dim if pca is not None else agg_dim
+        self.timings = EncodeTimings()
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig | dict[str, Any] | str | Path) -> "Encoder":
+        if isinstance(config, (str, Path)):
+            config = EncoderConfig.from_yaml(config)
+        elif isinstance(config, dict):
+            config = EncoderConfig.from_dict(config)
+        backbone = build_backbone(config)
+        agg = config.aggregation
+        vocab = None
+        if agg.type == "vlad":
+            if not agg.vocabulary:
+                raise ConfigError("aggregation.vocabulary is required for VLAD; build one with `anyloc build-vocab`")
+            vocab = Vocabulary.load(agg.vocabulary)
+            vocab.check_compatible(backbone.signature())
+            aggregator: VLAD | GeM = VLAD(vocab.centers, agg.mode, agg.soft_temperature, agg.intra_norm)
+        else:
+            aggregator = GeM(agg.p)
+        pca = PCA.load(config.projection.pca) if config.projection.pca else None
+        return cls(backbone, aggregator, pca, vocab, config, config.batch_size)
+
+    def signature(self) -> dict[str, Any]:
+        """Everything that must match for two descriptors to be comparable."""
+        sig = dict(self.backbone.signature())
+        if isinstance(self.aggregator, VLAD):
+            sig["aggregation"] = f"vlad-{self.aggregator.mode}-k{self.aggregator.num_clusters}"
+            if self.aggregator.mode == "soft":
+                sig["aggregation"] += f"-t{self.aggregator.soft_temperature:g}"
+            sig["vocabulary"] = self.vocabulary.content_hash() if self.vocabulary else _hash(self.aggregator.centers)
+        else:
+            sig["aggregation"] = f"gem-p{self.aggregator.p:g}"
+            sig["vocabulary"] = None
+        sig["pca"] = _hash(self.pca.components) if self.pca is not None else None
+        sig["dim"] = self.dim
+        return sig
+
+    def aggregate(self, features: torch.Tensor) -> np.ndarray:
+        """(B, h, w, D) or (B, N, D) patch features -> (B, dim) descriptors."""
+        x = features.reshape(features.shape[0], -1, features.shape[-1])
+        desc = self.aggregator.aggregate_batch_tensor(x)
+        if self.pca is not None:
+            desc = F.normalize(self.pca.transform_tensor(desc), dim=-1)
+        return desc.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """HxWx3 uint8 RGB images (a list, or one image) -> (B, dim) float32, rows L2-normalised."""
+        descs, _ = self._run(images, batch_size, keep_features=False)
+        return descs
+
+    def encode_with_features(
+        self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Descriptors plus each image's (h, w, D) patch features (for re-ranking / caching)."""
+        return self._run(images, batch_size, keep_features=True)
+
+    def _run(self, images: Any, batch_size: int | None, keep_features: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
+            images = [images]
+        images = list(images)
+        if not images:
+            raise ImageError("no images to encode")
+        rgb = [as_rgb_uint8(im) for im in images]
+        bs = batch_size or self.batch_size
+        out = np.empty((len(rgb), self.dim), dtype=np.float32)
+        feats: list[torch.Tensor] = [None] * len(rgb)  # type: ignore[list-item]
+        t = EncodeTimings(images=len(rgb))
+        # Batch images of one shape together, so one batch is one network input size.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(rgb):
+            groups.setdefault(im.shape, []).append(i)
+        for idx in groups.values():
+            for s in range(0, len(idx), bs):
+                chunk = idx[s : s + bs]
+                t0 = time.perf_counter()
+                pixels = self.backbone.preprocess([rgb[i] for i in chunk])
+                t1 = time.perf_counter()
+                f = self.backbone.forward(pixels)
+                t2 = time.perf_counter()
+                out[chunk] = self.aggregate(f)
+                t3 = time.perf_counter()
+                t.preprocess += t1 - t0
+                t.backbone += t2 - t1
+                t.aggregate += t3 - t2
+                if keep_features:
+                    for j, i in enumerate(chunk):
+                        feats[i] = f[j]
+        self.timings = t
+        return out, feats
+
+
+def _hash(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()[:16]

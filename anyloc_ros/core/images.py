@@ -1,0 +1,122 @@
+"""Image validation, loading and preprocessing shared by every backbone.
+
+Images enter the core as HxWx3 uint8 RGB numpy arrays. Everything that arrives in another
+form (grayscale, RGBA, float in [0, 1], a file, encoded bytes) is converted here once, and
+anything that cannot be converted is refused with an `ImageError` naming the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+# Anything larger is almost certainly a corrupt header, and would exhaust memory if decoded.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Validate an image and return it as a contiguous HxWx3 uint8 RGB array.
+
+    Accepts HxW or HxWx1 (grayscale, replicated), HxWx3 (RGB), HxWx4 (RGBA, alpha dropped);
+    dtype uint8, uint16 (scaled by 1/257) or float in [0, 1].
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a numpy array image, got {type(image).__name__}")
+    if image.size == 0:
+        raise ImageError(f"empty image (shape {image.shape})")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ImageError(f"expected an HxW or HxWxC image, got shape {image.shape}")
+    h, w, c = image.shape
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    if c not in (1, 3, 4):
+        raise ImageError(f"expected 1, 3 or 4 channels (gray, RGB, RGBA), got {c} (shape {image.shape})")
+    if image.dtype == np.uint8:
+        out = image
+    elif image.dtype == np.uint16:
+        out = (image // 257).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64, np.float16):
+        if not np.isfinite(image).all():
+            raise ImageError("float image contains NaN or inf")
+        if image.min() < 0.0 or image.max() > 1.0:
+            raise ImageError("float images must have values in [0, 1]")
+        out = np.round(image * 255.0).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float in [0, 1]")
+    if c == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif c == 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def decode_image_bytes(data: bytes | np.ndarray, what: str = "encoded image") -> np.ndarray:
+    """Decode JPEG/PNG/... bytes into HxWx3 uint8 RGB, or raise `ImageError`."""
+    buf = np.frombuffer(bytes(data), dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageError(f"{what} is empty")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"{what} could not be decoded (corrupt or unsupported format)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, with a clear error for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    return decode_image_bytes(path.read_bytes(), what=f"image file {path}")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; a clear error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ImageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def patch_aligned_size(height: int, width: int, patch_size: int, max_side: int) -> tuple[int, int]:
+    """Target (height, width): aspect kept, longer side at most `max_side`, sides multiples of
+    `patch_size` (rounded to the nearest multiple, at least one patch)."""
+    scale = min(1.0, max_side / max(height, width))
+    h = max(patch_size, int(round(height * scale / patch_size)) * patch_size)
+    w = max(patch_size, int(round(width * scale / patch_size)) * patch_size)
+    return h, w
+
+
+def to_normalized_tensor(
+    images: Sequence[np.ndarray],
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Resize uint8 RGB images to `size` (h, w) and return a normalised float32 (B, 3, h, w) tensor."""
+    h, w = size
+    batch = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        if img.shape[:2] == (h, w):
+            batch[i] = img
+        else:
+            interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > h * w else cv2.INTER_LINEAR
+            batch[i] = cv2.resize(img, (w, h), interpolation=interp)
+    # One fused affine per channel: (x / 255 - mean) / std == x * a + b.
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+    return t.mul_(scale.view(1, 3, 1, 1)).add_(shift.view(1, 3, 1, 1)).contiguous()

