@@ -7,11 +7,11 @@ Every sub-command takes an encoder config (`--config FILE.yaml`) or a named pres
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

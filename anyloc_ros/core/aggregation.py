@@ -167,7 +167,10 @@ class GeM:
         x = _as_tensor(features)
         if x.ndim != 3 or x.shape[1] == 0:
             raise FeatureDimensionError(f"expected non-empty (B, N, D) features, got shape {tuple(x.shape)}")
-        pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=1).pow(1.0 / self.p)
+        x = x.clamp(min=self.eps)
+        # Factor out the per-dimension maximum so x^p cannot overflow float32 for large p.
+        peak = x.amax(dim=1, keepdim=True)
+        pooled = (x / peak).pow(self.p).mean(dim=1).pow(1.0 / self.p) * peak.squeeze(1)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def aggregate_batch(self, features: ArrayLike) -> np.ndarray:

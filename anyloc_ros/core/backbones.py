@@ -18,9 +18,11 @@ import hashlib
 import json
 import logging
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -333,14 +335,15 @@ class OnnxBackbone:
         self.fixed_batch = in_shape[0] if isinstance(in_shape[0], int) else None
         self.input_size = self.fixed_size or (tuple(input_size) if input_size else None)
         self.output_layout = output_layout
-        ch = out_shape[1] if output_layout == "nchw" else out_shape[-1]
-        if not isinstance(ch, int):
-            raise ConfigError(f"output {self.output_name!r} of {path} has a dynamic channel dimension")
-        self.feature_dim = int(ch)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.max_side = int(max_side)
         self.patch_size = int(patch_size)
+        ch = out_shape[1] if output_layout == "nchw" else out_shape[-1]
+        if not isinstance(ch, int):  # dynamic in the graph: ask the model once
+            h, w = self.target_size(self.patch_size * 2, self.patch_size * 2)
+            ch = self.forward(torch.zeros(1, 3, h, w)).shape[-1]
+        self.feature_dim = int(ch)
         self.model_path = path
         self.providers = self.session.get_providers()
         self._fingerprint = _file_fingerprint(path)
@@ -399,7 +402,8 @@ def export_dinov2_onnx(backbone: Dinov2Backbone, output: str | Path, height: int
     extractor = backbone.extractor.float().cpu().eval()
     dummy = torch.zeros(1, 3, height, width)
     tmp = output.with_suffix(output.suffix + ".tmp")
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         torch.onnx.export(
             extractor,
             (dummy,),

@@ -125,7 +125,7 @@ class EncoderConfig:
     batch_size: int = 8
     preset: str | None = None
 
-    def validate(self) -> "EncoderConfig":
+    def validate(self) -> EncoderConfig:
         self.backbone.validate()
         self.aggregation.validate()
         if self.batch_size < 1:
@@ -136,7 +136,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, base_dir: str | Path | None = None) -> "EncoderConfig":
+    def from_dict(cls, data: dict[str, Any] | None, base_dir: str | Path | None = None) -> EncoderConfig:
         data = copy.deepcopy(data or {})
         preset = data.get("preset")
         if preset is not None:
@@ -161,7 +161,7 @@ class EncoderConfig:
         return cfg.validate()
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "EncoderConfig":
+    def from_yaml(cls, path: str | Path) -> EncoderConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"encoder config not found: {path}")

@@ -11,15 +11,16 @@ different encoders are never mixed.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .aggregation import GeM, VLAD
+from .aggregation import VLAD, GeM
 from .backbones import DenseBackbone, Dinov2Backbone, OnnxBackbone
 from .config import EncoderConfig
 from .errors import ConfigError, FeatureDimensionError, ImageError
@@ -91,7 +92,7 @@ class Encoder:
         self.timings = EncodeTimings()
 
     @classmethod
-    def from_config(cls, config: EncoderConfig | dict[str, Any] | str | Path) -> "Encoder":
+    def from_config(cls, config: EncoderConfig | dict[str, Any] | str | Path) -> Encoder:
         if isinstance(config, (str, Path)):
             config = EncoderConfig.from_yaml(config)
         elif isinstance(config, dict):

@@ -7,8 +7,8 @@ anything that cannot be converted is refused with an `ImageError` naming the pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -117,6 +117,6 @@ def to_normalized_tensor(
             batch[i] = cv2.resize(img, (w, h), interpolation=interp)
     # One fused affine per channel: (x / 255 - mean) / std == x * a + b.
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32)
     t = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
     return t.mul_(scale.view(1, 3, 1, 1)).add_(shift.view(1, 3, 1, 1)).contiguous()

@@ -35,7 +35,7 @@ class PCA:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray, output_dim: int = 512, whiten: bool = False, eps: float = 1e-6) -> "PCA":
+    def fit(cls, descriptors: np.ndarray, output_dim: int = 512, whiten: bool = False, eps: float = 1e-6) -> PCA:
         x = np.asarray(descriptors, dtype=np.float64)
         if x.ndim != 2:
             raise FeatureDimensionError(f"PCA needs (n, d) descriptors, got shape {x.shape}")
@@ -84,7 +84,7 @@ class PCA:
         return save_npz(path, meta, mean=self.mean, components=self.components, scale=self.scale)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PCA":
+    def load(cls, path: str | Path) -> PCA:
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"PCA file not found: {path}")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class Vocabulary:
         return save_npz(path, meta, centers=self.centers)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         """Load a vocabulary (.npz from `save`, or AnyLoc's `c_centers.pt`)."""
         path = Path(path).expanduser()
         if not path.is_file():
@@ -92,7 +93,7 @@ class Vocabulary:
         return cls(arrays["centers"], meta)
 
     @classmethod
-    def _load_anyloc(cls, path: Path) -> "Vocabulary":
+    def _load_anyloc(cls, path: Path) -> Vocabulary:
         import torch
 
         try:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (README and .ci/run): lint, then the whole test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k vlad`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || { echo "no .venv: run 'bash scripts/setup.sh' first" >&2; exit 1; }
+"$PY" -m ruff check .
+status=0
+"$PY" -m pytest "$@" || status=$?
+# FastDDS can leave shared-memory segments of killed test processes behind.
+.venv/bin/fastdds shm clean >/dev/null 2>&1 || true
+exit $status

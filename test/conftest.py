@@ -1,0 +1,87 @@
+"""Shared fixtures: isolated DDS, no network, and session-cached real data.
+
+Real-data fixtures read ../shared/data (beside the repository) and skip with a reason when
+it is absent. Dense features of the corridor set are computed once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ANYLOC_SHARED_DATA", REPO.parent / "shared" / "data"))
+XFEAT_ONNX = SHARED_DATA / "weights" / "xfeat.onnx"
+CORRIDOR = SHARED_DATA / "corridor"
+TUM_DESK = SHARED_DATA / "tum_fr2_desk"
+
+# Tests never touch the network: no hub downloads, DDS on loopback in its own domain.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(100, 200)))
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (expected ../shared/data beside the repository)")
+    return path
+
+
+def read_corridor_gt() -> list[set[int]]:
+    lines = (require(CORRIDOR) / "ground_truth.csv").read_text().strip().splitlines()[1:]
+    gt = []
+    for line in lines:
+        q, refs = line.split(",")
+        assert int(q) == len(gt)
+        gt.append({int(r) for r in refs.split()})
+    return gt
+
+
+@pytest.fixture(scope="session")
+def xfeat_backbone():
+    from anyloc_ros.core.backbones import OnnxBackbone
+
+    return OnnxBackbone(require(XFEAT_ONNX), output_name="output", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def corridor_images() -> dict[str, list[np.ndarray]]:
+    from anyloc_ros.core.images import list_images, load_image
+
+    require(CORRIDOR)
+    return {s: [load_image(p) for p in list_images(CORRIDOR / s)] for s in ("ref", "query")}
+
+
+@pytest.fixture(scope="session")
+def corridor_gt() -> list[set[int]]:
+    return read_corridor_gt()
+
+
+@pytest.fixture(scope="session")
+def corridor_features(xfeat_backbone, corridor_images):
+    """XFeat (N, 80, 80, 64) features of the corridor ref and query images, computed once."""
+    import torch
+
+    out = {}
+    for split, imgs in corridor_images.items():
+        out[split] = torch.cat([xfeat_backbone.extract(imgs[i : i + 8]) for i in range(0, len(imgs), 8)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def corridor_vocab(corridor_features, tmp_path_factory, xfeat_backbone):
+    """32-cluster vocabulary fitted on the corridor map (ref) features, saved to a file."""
+    from anyloc_ros.core.vocabulary import Vocabulary, fit_vocabulary
+
+    ref = corridor_features["ref"]
+    centers, info = fit_vocabulary((f.reshape(-1, f.shape[-1]).numpy() for f in ref), 32, samples_per_image=1000, seed=0)
+    vocab = Vocabulary(centers, dict(xfeat_backbone.signature(), **info))
+    path = tmp_path_factory.mktemp("vocab") / "corridor_xfeat_k32.npz"
+    vocab.save(path)
+    return path
