@@ -1,0 +1,216 @@
+"""Keyframe selection and loop-closure filtering, the way SLAM systems do it.
+
+`KeyframeGate` decides when a frame becomes a map keyframe (moved / rotated enough, time
+passed, or a novel view). `LoopClosureFilter` turns the raw top-k retrieval results of a
+stream of queries into confirmed loop-closure candidates:
+
+1. recent-frame exclusion: keyframes of the current session added within the last
+   `exclude_recent_count` keyframes or `exclude_recent_s` seconds, or (with poses) less than
+   `exclude_travelled_m` metres of travel ago, are never candidates — the robot just came
+   from there;
+2. a similarity threshold (`min_score`) on the best remaining candidate;
+3. temporal consistency: the candidate is confirmed only when `consistency` consecutive
+   queries (default 3, as ORB-SLAM3 and Kimera) matched one neighbourhood of the map
+   (keyframe ids within `consistency_window` in the same session, or poses within
+   `consistency_radius_m` when both are known).
+
+`PlaceRecognizer` in recognition.py composes the map search, optional re-ranking and this
+filter; nodes and offline tools both use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .database import Match
+from .errors import ConfigError
+from .geometry import Pose
+
+
+@dataclass
+class KeyframeGateConfig:
+    min_distance_m: float = 0.5  # with poses: add after moving this far ...
+    min_rotation_deg: float = 15.0  # ... or turning this much
+    max_interval_s: float = 0.0  # with poses: also add after this long (0 = off)
+    no_pose_interval_s: float = 1.0  # without poses: add at this interval
+    min_interval_s: float = 0.0  # never add faster than this
+    novelty_threshold: float = 0.0  # add when cosine similarity to the last keyframe < this (0 = off)
+
+    def validate(self) -> None:
+        for name, v in vars(self).items():
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"keyframe {name} must be a finite value >= 0, got {v}")
+        if self.novelty_threshold > 1:
+            raise ConfigError("keyframe novelty_threshold is a cosine similarity: at most 1")
+
+
+class KeyframeGate:
+    def __init__(self, config: KeyframeGateConfig | None = None) -> None:
+        self.config = config or KeyframeGateConfig()
+        self.config.validate()
+        self.reset()
+
+    def reset(self) -> None:
+        self._stamp_ns: int | None = None
+        self._pose: Pose | None = None
+        self._descriptor: np.ndarray | None = None
+
+    def check(self, stamp_ns: int, pose: Pose | None = None, descriptor: np.ndarray | None = None) -> str | None:
+        """The reason this frame should become a keyframe, or None."""
+        c = self.config
+        if self._stamp_ns is None:
+            return "first"
+        dt = (stamp_ns - self._stamp_ns) * 1e-9
+        if dt < c.min_interval_s:
+            return None
+        if pose is not None and self._pose is not None:
+            if pose.distance_to(self._pose) >= c.min_distance_m:
+                return "moved"
+            if math.degrees(pose.angle_to(self._pose)) >= c.min_rotation_deg:
+                return "rotated"
+            if c.max_interval_s > 0 and dt >= c.max_interval_s:
+                return "interval"
+        elif dt >= c.no_pose_interval_s:
+            return "interval"
+        if c.novelty_threshold > 0 and descriptor is not None and self._descriptor is not None:
+            if float(np.dot(descriptor, self._descriptor)) < c.novelty_threshold:
+                return "novel"
+        return None
+
+    def accept(self, stamp_ns: int, pose: Pose | None = None, descriptor: np.ndarray | None = None) -> None:
+        """Record that this frame became a keyframe."""
+        self._stamp_ns = stamp_ns
+        self._pose = pose if pose is not None else self._pose
+        self._descriptor = None if descriptor is None else np.asarray(descriptor, np.float32)
+
+
+@dataclass
+class LoopClosureConfig:
+    top_k: int = 10
+    min_score: float = 0.0  # cosine similarity of the best candidate (descriptor-specific)
+    exclude_recent_count: int = 50
+    exclude_recent_s: float = 30.0
+    exclude_travelled_m: float = 0.0
+    consistency: int = 3
+    consistency_window: int = 3
+    consistency_radius_m: float = 0.0
+    rerank: bool = False
+    rerank_min_matches: int = 0
+    rerank_min_similarity: float = 0.0
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"loop closure top_k must be >= 1, got {self.top_k}")
+        if self.consistency < 1:
+            raise ConfigError(f"loop closure consistency must be >= 1, got {self.consistency}")
+        if not -1.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"loop closure min_score is a cosine similarity in [-1, 1], got {self.min_score}")
+        for name in ("exclude_recent_count", "exclude_recent_s", "exclude_travelled_m", "consistency_window",
+                     "consistency_radius_m", "rerank_min_matches"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"loop closure {name} must be >= 0, got {v}")
+
+
+@dataclass
+class Query:
+    id: int
+    stamp_ns: int
+    session: str
+    pose: Pose | None = None
+
+
+@dataclass
+class LoopCandidate:
+    query: Query
+    match: Match
+    consistent: int
+
+
+@dataclass
+class _Recent:
+    id: int
+    stamp_ns: int
+    travelled: float
+
+
+class LoopClosureFilter:
+    """Stateful filter over a stream of queries (one robot, one session at a time)."""
+
+    def __init__(self, config: LoopClosureConfig | None = None) -> None:
+        self.config = config or LoopClosureConfig()
+        self.config.validate()
+        self._recent: deque[_Recent] = deque()
+        self._session: str | None = None
+        self._travelled = 0.0
+        self._last_pose: Pose | None = None
+        self._prev: Match | None = None
+        self._count = 0
+
+    def reset(self) -> None:
+        self.__init__(self.config)
+
+    # ---- trajectory bookkeeping
+    def _advance(self, pose: Pose | None) -> float:
+        """Odometry path length up to `pose` (not stored)."""
+        if pose is None or self._last_pose is None:
+            return self._travelled
+        return self._travelled + pose.distance_to(self._last_pose)
+
+    def observe_keyframe(self, keyframe_id: int, stamp_ns: int, session: str, pose: Pose | None = None) -> None:
+        """Tell the filter a keyframe was added to the map (for recent-frame exclusion)."""
+        if session != self._session:
+            self._recent.clear()
+            self._session = session
+            self._travelled, self._last_pose = 0.0, None
+        self._travelled = self._advance(pose)
+        if pose is not None:
+            self._last_pose = pose
+        self._recent.append(_Recent(keyframe_id, stamp_ns, self._travelled))
+        # A keyframe that no rule excludes now never will be again (count, time and travel only
+        # grow), so the deque stays as short as the exclusion rules need.
+        while self._recent and not self._excludes(self._recent[0], len(self._recent), stamp_ns, self._travelled):
+            self._recent.popleft()
+
+    def _excludes(self, r: _Recent, from_end: int, now_ns: int, travelled: float) -> bool:
+        c = self.config
+        return (from_end <= c.exclude_recent_count
+                or (c.exclude_recent_s > 0 and (now_ns - r.stamp_ns) * 1e-9 < c.exclude_recent_s)
+                or (c.exclude_travelled_m > 0 and travelled - r.travelled < c.exclude_travelled_m))
+
+    def excluded_ids(self, query: Query) -> set[int]:
+        """Keyframes that may not be loop-closure candidates for this query."""
+        if query.session != self._session:
+            return set()
+        travelled = self._advance(query.pose)
+        n = len(self._recent)
+        return {r.id for i, r in enumerate(self._recent) if self._excludes(r, n - i, query.stamp_ns, travelled)}
+
+    # ---- decision
+    def _consistent(self, a: Match, b: Match) -> bool:
+        c = self.config
+        if c.consistency_radius_m > 0 and a.pose is not None and b.pose is not None:
+            return a.pose.distance_to(b.pose) <= c.consistency_radius_m
+        return a.session == b.session and abs(a.keyframe_id - b.keyframe_id) <= c.consistency_window
+
+    def update(self, query: Query, candidates: list[Match]) -> LoopCandidate | None:
+        """Feed the (already exclusion-filtered, best-first) candidates of one query."""
+        c = self.config
+        excluded = self.excluded_ids(query)
+        candidates = [m for m in candidates if m.keyframe_id not in excluded]
+        best = candidates[0] if candidates else None
+        if best is not None and (best.score < c.min_score
+                                 or (c.rerank and best.rerank_score is not None and best.rerank_score < c.rerank_min_matches)):
+            best = None
+        if best is None:
+            self._prev, self._count = None, 0
+            return None
+        self._count = self._count + 1 if self._prev is not None and self._consistent(best, self._prev) else 1
+        self._prev = best
+        if self._count >= c.consistency:
+            return LoopCandidate(query, best, self._count)
+        return None

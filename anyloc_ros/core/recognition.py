@@ -1,0 +1,65 @@
+"""PlaceRecognizer: map search -> optional mutual-NN re-ranking -> loop-closure filter.
+
+The one path every front end uses (ROS nodes, `anyloc replay --offline`, evaluation), so
+their results agree:
+
+    recognizer = PlaceRecognizer(db, LoopClosureConfig(), compressor)
+    result = recognizer.query(descriptor, stamp_ns, pose, patches)   # before adding it
+    if gate.check(...): recognizer.add_keyframe(descriptor, stamp_ns, pose=pose, patches=...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .database import Match, PlaceDatabase
+from .geometry import Pose
+from .loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureFilter, Query
+from .rerank import PatchCompressor, rerank
+
+
+@dataclass
+class RecognitionResult:
+    query: Query
+    matches: list[Match] = field(default_factory=list)
+    loop: LoopCandidate | None = None
+
+
+class PlaceRecognizer:
+    def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None,
+                 compressor: PatchCompressor | None = None) -> None:
+        self.db = db
+        self.filter = LoopClosureFilter(config)
+        self.config = self.filter.config
+        self.compressor = compressor
+        self._query_seq = 0
+
+    def compress(self, patch_features: object | None) -> np.ndarray | None:
+        if patch_features is None or self.compressor is None:
+            return None
+        return self.compressor(patch_features)
+
+    def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
+              patches: np.ndarray | None = None, query_id: int | None = None,
+              exclude_sessions: list[str] | None = None) -> RecognitionResult:
+        """Top-k map matches of one frame (recent keyframes excluded) and, when confirmed, a loop."""
+        if query_id is None:
+            query_id = self._query_seq
+        self._query_seq += 1
+        q = Query(query_id, stamp_ns, self.db.session, pose)
+        excluded = self.filter.excluded_ids(q)
+        matches = self.db.search(descriptor, self.config.top_k, exclude_ids=excluded or None,
+                                 exclude_sessions=exclude_sessions)[0]
+        if self.config.rerank and patches is not None and matches:
+            matches = rerank(patches, matches, [self.db.patches(m.keyframe_id) for m in matches],
+                             self.config.rerank_min_similarity)
+        loop = self.filter.update(q, matches)
+        return RecognitionResult(q, matches, loop)
+
+    def add_keyframe(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str = "",
+                     pose: Pose | None = None, patches: np.ndarray | None = None) -> int:
+        kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches)
+        self.filter.observe_keyframe(kid, stamp_ns, self.db.session, pose)
+        return kid

@@ -1,0 +1,69 @@
+"""Re-ranking of retrieval candidates by mutual-nearest-neighbour matching of dense patches.
+
+SelaVPR's second stage, training-free: local features are L2-normalised, matched by inner
+product, and the *number* of mutual nearest neighbours between the query and a candidate is
+its score. There is no RANSAC or other geometric verification, so scoring k candidates is k
+small matrix products.
+
+Stored patches are kept small so a map's memory and disk use stay bounded: the patch grid
+is average-pooled to at most `grid`×`grid` cells and projected to `dim` dimensions with a
+fixed random orthogonal matrix (seeded, so map and queries share it), stored as float16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .database import Match
+
+
+@dataclass
+class PatchCompressor:
+    feature_dim: int
+    dim: int = 64
+    grid: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        d = min(self.dim, self.feature_dim)
+        q, _ = np.linalg.qr(rng.normal(size=(self.feature_dim, d)))
+        self._proj = torch.from_numpy(q.astype(np.float32))  # (D, d) orthonormal columns
+
+    def __call__(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(h, w, D) patch features -> (n <= grid², d) float16, rows L2-normalised."""
+        x = torch.as_tensor(features, dtype=torch.float32)
+        if x.ndim != 3 or x.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected (h, w, {self.feature_dim}) patch features, got {tuple(x.shape)}")
+        x = F.normalize(x, dim=-1).permute(2, 0, 1).unsqueeze(0)  # (1, D, h, w)
+        gh, gw = min(self.grid, x.shape[2]), min(self.grid, x.shape[3])
+        x = F.adaptive_avg_pool2d(x, (gh, gw)).flatten(2).squeeze(0).T  # (n, D)
+        x = F.normalize(x @ self._proj, dim=-1)
+        return x.numpy().astype(np.float16)
+
+
+def mutual_nn_count(a: np.ndarray, b: np.ndarray, min_similarity: float = 0.0) -> int:
+    """Number of mutual nearest neighbours between two sets of L2-normalised features."""
+    if len(a) == 0 or len(b) == 0:
+        return 0
+    s = np.asarray(a, np.float32) @ np.asarray(b, np.float32).T
+    ab = s.argmax(axis=1)
+    ba = s.argmax(axis=0)
+    mutual = ba[ab] == np.arange(len(a))
+    if min_similarity > 0:
+        mutual &= s[np.arange(len(a)), ab] >= min_similarity
+    return int(mutual.sum())
+
+
+def rerank(query_patches: np.ndarray, candidates: list[Match], candidate_patches: list[np.ndarray | None],
+           min_similarity: float = 0.0) -> list[Match]:
+    """Order candidates by mutual-NN count (ties: global similarity); sets `rerank_score`.
+
+    Candidates without stored patches keep score -1 and go last."""
+    for m, p in zip(candidates, candidate_patches, strict=True):
+        m.rerank_score = float(mutual_nn_count(query_patches, p, min_similarity)) if p is not None else -1.0
+    return sorted(candidates, key=lambda m: (m.rerank_score, m.score), reverse=True)

@@ -1,0 +1,183 @@
+"""PlaceDatabase: persistence, crash safety, compatibility, multi-session search, index types."""
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from anyloc_ros.core.database import IndexConfig, PlaceDatabase
+from anyloc_ros.core.errors import FeatureDimensionError, MapError
+from anyloc_ros.core.geometry import Pose
+
+from ._map_writer import descriptor
+from .conftest import REPO
+
+SIG = {"backbone": "onnx", "model": "xfeat.onnx:abc", "layer": "output", "facet": "nchw",
+       "aggregation": "vlad-hard-k32", "vocabulary": "0123", "pca": None, "dim": 64}
+
+
+def unit(n, d=64, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_add_search_save_reopen_roundtrip(tmp_path):
+    x = unit(300)
+    with PlaceDatabase(tmp_path / "map", SIG, session="day1") as db:
+        ids = [db.add(x[i], stamp_ns=10**9 + i, frame_id="cam", pose=Pose(i, 2 * i, 0, 0, 0, 0, 1),
+                      patches=np.full((4, 8), i % 7 + 1, np.float16)) for i in range(300)]
+        assert ids == list(range(1, 301))
+        before = db.search(x[:20] + 0.05, k=5)
+    db = PlaceDatabase(tmp_path / "map", SIG)
+    assert len(db) == 300 and db.sessions() == ["day1"]
+    after = db.search(x[:20] + 0.05, k=5)
+    assert [[m.keyframe_id for m in r] for r in after] == [[m.keyframe_id for m in r] for r in before]
+    np.testing.assert_allclose([[m.score for m in r] for r in after], [[m.score for m in r] for r in before], atol=1e-6)
+    top = db.search(x[42], k=1)[0][0]
+    assert top.keyframe_id == 43 and top.score == pytest.approx(1.0, abs=1e-5)
+    assert top.pose == Pose(42, 84, 0, 0, 0, 0, 1) and top.stamp_ns == 10**9 + 42 and top.session == "day1"
+    np.testing.assert_array_equal(db.patches(43), np.full((4, 8), 42 % 7 + 1, np.float32))
+    np.testing.assert_allclose(db.descriptors([43, 1]), x[[42, 0]], atol=1e-6)
+    db.close()
+
+
+def test_mismatched_encoder_and_descriptor_refused(tmp_path):
+    PlaceDatabase(tmp_path / "m", SIG).close()
+    with pytest.raises(MapError, match=r"another encoder \(layer: map 'output' vs encoder 'features'"):
+        PlaceDatabase(tmp_path / "m", dict(SIG, layer="features"))
+    with pytest.raises(MapError, match="vocabulary: map '0123' vs encoder 'ffff'"):
+        PlaceDatabase(tmp_path / "m", dict(SIG, vocabulary="ffff"))
+    db = PlaceDatabase(tmp_path / "m", SIG)
+    with pytest.raises(FeatureDimensionError, match="128 dimensions, the map holds 64"):
+        db.add(np.ones(128, np.float32), 0)
+    with pytest.raises(FeatureDimensionError, match="NaN"):
+        db.add(np.full(64, np.nan, np.float32), 0)
+    assert len(db) == 0
+    with pytest.raises(MapError, match="no map at"):
+        PlaceDatabase(tmp_path / "absent", create=False)
+
+
+def test_truncated_or_missing_index_is_rebuilt_from_sqlite(tmp_path):
+    x = unit(50)
+    with PlaceDatabase(tmp_path, SIG) as db:
+        db.add_many(x, list(range(50)))
+    index_file = tmp_path / PlaceDatabase.INDEX_FILE
+    data = index_file.read_bytes()
+    index_file.write_bytes(data[: len(data) // 3])  # power cut in the middle of a write
+    db = PlaceDatabase(tmp_path, SIG)
+    assert db._index.ntotal == 50
+    assert [r[0].keyframe_id for r in db.search(x[[3, 30]], 1)] == [4, 31]
+    db.close()
+    index_file.write_bytes(b"")
+    assert PlaceDatabase(tmp_path, SIG)._index.ntotal == 50
+    index_file.unlink()
+    db = PlaceDatabase(tmp_path, SIG)
+    assert db._index.ntotal == 50 and index_file.exists()
+
+
+def test_corrupt_database_is_a_clear_error_naming_the_file(tmp_path):
+    with PlaceDatabase(tmp_path, SIG) as db:
+        db.add_many(unit(5), list(range(5)))
+    dbf = tmp_path / PlaceDatabase.DB_FILE
+    dbf.write_bytes(b"this is not sqlite" * 100)
+    for wal in tmp_path.glob("map.sqlite-*"):
+        wal.unlink()
+    with pytest.raises(MapError, match=f"map database {dbf} is corrupt"):
+        PlaceDatabase(tmp_path, SIG)
+
+
+def test_sessions_filters_and_removal(tmp_path):
+    x = unit(40)
+    db = PlaceDatabase(tmp_path, SIG, session="a")
+    db.add_many(x[:20], list(range(20)))
+    db.new_session("b")
+    db.add_many(x[20:], list(range(20, 40)))
+    assert db.sessions() == ["a", "b"] and db.session == "b"
+    q = x[25]
+    assert db.search(q, 1)[0][0].keyframe_id == 26
+    other = db.search(q, 3, exclude_sessions=["b"])[0]
+    assert other and all(m.session == "a" for m in other)
+    only_b = db.search(q, 30, sessions=["b"])[0]
+    assert {m.session for m in only_b} == {"b"} and len(only_b) == 20
+    assert all(m.keyframe_id < 10 for m in db.search(q, 5, max_id=10)[0])
+    assert 26 not in [m.keyframe_id for m in db.search(q, 5, exclude_ids=[26])[0]]
+    assert db.remove([26, 27]) == 2
+    assert len(db) == 38 and db.search(q, 1)[0][0].keyframe_id != 26
+    db.close()
+    assert PlaceDatabase(tmp_path, SIG).search(q, 1)[0][0].keyframe_id != 26
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_sigkill_while_adding_keeps_every_acknowledged_keyframe(tmp_path, index_type):
+    """A real writer process killed with SIGKILL at random points (mid-add, mid-index-save)."""
+    rng = random.Random(1234)
+    acked: dict[int, int] = {}
+    start = 0
+    for _round in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "test._map_writer", str(tmp_path), index_type, str(start)],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        target = rng.randint(20, 150)
+        n = 0
+        for line in proc.stdout:
+            kid, i = map(int, line.split())
+            acked[kid] = i
+            n += 1
+            if n >= target:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        start = max(acked.values()) + 10_000  # fresh descriptors for the next round
+    db = PlaceDatabase(tmp_path, {"backbone": "test", "dim": 64}, index=IndexConfig(type=index_type, ivf_min_train=100, nlist=8))
+    ids = set(db.ids().tolist())
+    assert set(acked) <= ids  # every acknowledged keyframe survived
+    assert len(ids) - len(acked) <= 3  # at most the one in flight per kill
+    index_ids = set(np.asarray(__import__("faiss").vector_to_array(db._index.id_map)).tolist())
+    assert index_ids == ids  # index consistent with the database
+    sample = rng.sample(sorted(acked), 30)
+    res = db.search(np.stack([descriptor(acked[k], 64) for k in sample]), 1)
+    assert [r[0].keyframe_id for r in res] == sample
+    assert db.get(sample[0]).pose == Pose(acked[sample[0]], 0, 0)
+
+
+def test_sqlite_is_source_of_truth_for_durability_settings(tmp_path):
+    with PlaceDatabase(tmp_path, SIG) as db:
+        db.add(unit(1)[0], 0)
+    conn = sqlite3.connect(tmp_path / PlaceDatabase.DB_FILE)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM keyframes").fetchone()[0] == 1
+
+
+def _noisy_queries(x, n, seed=1, noise=0.03):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(x), n, replace=False)
+    q = x[idx] + noise * rng.normal(size=(n, x.shape[1])).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [IndexConfig(type="ivf", nlist=256, nprobe=32, save_every=0),
+     # efConstruction below the default 200 only to keep CI fast; search settings are the defaults
+     IndexConfig(type="hnsw", hnsw_m=32, hnsw_ef_construction=100, save_every=0)],
+    ids=["ivf", "hnsw"],
+)
+def test_approximate_indexes_recall_against_exact_on_100k(tmp_path, cfg):
+    """100k random unit vectors of 512-D; queries are perturbed map vectors (revisits)."""
+    x = unit(100_000, 512, seed=0)
+    q = _noisy_queries(x, 400)
+    exact = (q @ x.T).argmax(axis=1) + 1  # keyframe ids start at 1
+    db = PlaceDatabase(tmp_path, dict(SIG, dim=512), index=cfg, durable=False)
+    db.add_many(x, list(range(len(x))))
+    assert cfg.type != "ivf" or db.stats().index_trained
+    got = np.array([r[0].keyframe_id for r in db.search(q, 1)])
+    recall = float(np.mean(got == exact))
+    print(f"{cfg.type}: recall@1 vs exact = {recall:.3f}")
+    assert recall >= 0.95
+    db.close()
+    reopened = PlaceDatabase(tmp_path, dict(SIG, dim=512), index=cfg)
+    assert np.array_equal([r[0].keyframe_id for r in reopened.search(q[:50], 1)], got[:50])

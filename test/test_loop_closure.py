@@ -1,0 +1,159 @@
+"""Keyframe selection and loop-closure filtering: unit behaviour and real corridor data."""
+
+import math
+
+import numpy as np
+import pytest
+
+from anyloc_ros.core.database import Match, PlaceDatabase
+from anyloc_ros.core.errors import ConfigError
+from anyloc_ros.core.geometry import Pose
+from anyloc_ros.core.loop_closure import (
+    KeyframeGate,
+    KeyframeGateConfig,
+    LoopClosureConfig,
+    LoopClosureFilter,
+    Query,
+)
+from anyloc_ros.core.recognition import PlaceRecognizer
+from anyloc_ros.core.rerank import PatchCompressor, mutual_nn_count
+
+S = 10**9
+
+
+def yaw(deg: float) -> Pose:
+    h = math.radians(deg) / 2
+    return Pose(0, 0, 0, 0, 0, math.sin(h), math.cos(h))
+
+
+def test_keyframe_gate_distance_rotation_interval_novelty():
+    gate = KeyframeGate(KeyframeGateConfig(min_distance_m=0.5, min_rotation_deg=15, max_interval_s=10,
+                                           novelty_threshold=0.9))
+    d = np.array([1.0, 0.0])
+    assert gate.check(0, Pose(0, 0, 0), d) == "first"
+    gate.accept(0, Pose(0, 0, 0), d)
+    assert gate.check(1 * S, Pose(0.3, 0, 0), d) is None
+    assert gate.check(1 * S, Pose(0.6, 0, 0), d) == "moved"
+    assert gate.check(1 * S, yaw(20), d) == "rotated"
+    assert gate.check(1 * S, yaw(10), d) is None
+    assert gate.check(11 * S, Pose(0, 0, 0), d) == "interval"
+    assert gate.check(1 * S, Pose(0, 0, 0), np.array([0.6, 0.8])) == "novel"
+    no_pose = KeyframeGate(KeyframeGateConfig(no_pose_interval_s=2.0))
+    no_pose.accept(0)
+    assert no_pose.check(1 * S) is None and no_pose.check(2 * S) == "interval"
+    with pytest.raises(ConfigError):
+        KeyframeGateConfig(min_distance_m=-1).validate()
+
+
+def m(kid: int, score: float = 0.9, session: str = "s") -> Match:
+    return Match(kid, score, session)
+
+
+def test_temporal_consistency_needs_n_consecutive_agreeing_queries():
+    f = LoopClosureFilter(LoopClosureConfig(consistency=3, consistency_window=3, exclude_recent_count=0,
+                                            exclude_recent_s=0))
+    q = [Query(100 + i, i * S, "s") for i in range(8)]
+    assert f.update(q[0], [m(10)]) is None
+    assert f.update(q[1], [m(11)]) is None
+    loop = f.update(q[2], [m(12)])
+    assert loop is not None and loop.match.keyframe_id == 12 and loop.consistent == 3
+    assert f.update(q[3], [m(50)]) is None  # jump: hypothesis restarts
+    assert f.update(q[4], [m(51)]) is None
+    assert f.update(q[5], []) is None  # no candidate breaks the chain
+    assert f.update(q[6], [m(52)]) is None
+    assert f.update(q[7], [m(53, session="other")]) is None  # other session is another neighbourhood
+
+
+def test_threshold_and_recent_exclusion_by_count_time_and_travel():
+    f = LoopClosureFilter(LoopClosureConfig(consistency=1, min_score=0.5, exclude_recent_count=3, exclude_recent_s=0))
+    for i in range(10):
+        f.observe_keyframe(i, i * S, "s", Pose(i, 0, 0))
+    q = Query(99, 10 * S, "s", Pose(10, 0, 0))
+    assert f.excluded_ids(q) == {7, 8, 9}
+    assert f.update(q, [m(8, 0.99), m(2, 0.4)]) is None  # recent one dropped, the other below threshold
+    assert f.update(q, [m(8, 0.99), m(2, 0.6)]).match.keyframe_id == 2
+    assert f.excluded_ids(Query(1, 10 * S, "other")) == set()  # another session: nothing is recent
+    timed = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=2.5))
+    travel = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, exclude_travelled_m=3.5))
+    for i in range(10):
+        timed.observe_keyframe(i, i * S, "s")
+        travel.observe_keyframe(i, 0, "s", Pose(i, 0, 0))
+    assert timed.excluded_ids(Query(0, 10 * S, "s")) == {8, 9}
+    assert travel.excluded_ids(Query(0, 0, "s", Pose(10, 0, 0))) == {7, 8, 9}
+    assert len(timed._recent) <= 3  # bookkeeping stays bounded
+
+
+def test_mutual_nn_count():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 16)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    assert mutual_nn_count(a, a) == 50
+    b = np.concatenate([a[:20], -a[20:]])
+    assert 20 <= mutual_nn_count(a, b) < 50
+    assert mutual_nn_count(a, np.zeros((0, 16), np.float32)) == 0
+    comp = PatchCompressor(feature_dim=16, dim=8, grid=4)
+    out = comp(rng.normal(size=(10, 12, 16)))
+    assert out.shape == (16, 8) and out.dtype == np.float16
+
+
+# ------------------------------------------------------------------ real data
+@pytest.fixture(scope="module")
+def corridor_stream(corridor_features, corridor_vocab):
+    """Corridor descriptors and compact patches (XFeat + VLAD-32), as one robot trajectory."""
+    from anyloc_ros.core.aggregation import VLAD
+    from anyloc_ros.core.vocabulary import Vocabulary
+
+    vlad = VLAD(Vocabulary.load(corridor_vocab).centers)
+    comp = PatchCompressor(feature_dim=64)
+    out = {}
+    for split, feats in corridor_features.items():
+        out[split] = (vlad.aggregate_batch(feats.reshape(len(feats), -1, 64)), [comp(f) for f in feats])
+    return out
+
+
+def run_trajectory(tmp_path, stream, config: LoopClosureConfig, gap_s: int = 30):
+    """Map traversal (1 frame/s), drive back for `gap_s`, query traversal: all one session,
+    every frame queried before it is added. Returns loop closures per split."""
+    db = PlaceDatabase(tmp_path, {"backbone": "xfeat", "dim": stream["ref"][0].shape[1]}, durable=False)
+    rec = PlaceRecognizer(db, config)
+    loops = {"ref": [], "query": []}
+    t0 = {"ref": 0, "query": 111 + gap_s}
+    for split in ("ref", "query"):
+        descs, patches = stream[split]
+        for i in range(len(descs)):
+            stamp = (t0[split] + i) * S
+            res = rec.query(descs[i], stamp, patches=patches[i])
+            if res.loop:
+                loops[split].append((i, res.loop.match.keyframe_id, res.loop))
+            rec.add_keyframe(descs[i], stamp, patches=patches[i])
+    return loops
+
+
+@pytest.mark.realdata
+def test_corridor_loop_closures_precision_and_recall(tmp_path, corridor_stream, corridor_gt):
+    config = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=120, consistency=3, consistency_window=3,
+                               rerank=True)
+    loops = run_trajectory(tmp_path, corridor_stream, config)
+    # keyframe ids 1..111 are the map traversal (ref index + 1)
+    correct = [1 for i, kid, _ in loops["query"] if (kid - 1) in corridor_gt[i]]
+    precision = len(correct) / max(len(loops["query"]), 1)
+    recall = len(correct) / len(corridor_gt)
+    print(f"corridor loop closures: {len(loops['query'])} confirmed, precision={precision:.3f} recall={recall:.3f}")
+    assert precision >= 0.95
+    assert recall >= 0.5
+    assert all(lc.consistent >= 3 for _, _, lc in loops["query"])
+    assert loops["ref"] == []  # the map traversal never revisits a place
+
+
+@pytest.mark.realdata
+def test_recency_exclusion_prevents_closures_to_recent_frames(tmp_path, corridor_stream):
+    """One traversal alone: with exclusion on, no loop closure to its own recent frames; with it
+    off, consecutive frames 'close loops' with each other (so the check can fail)."""
+    ref_only = {"ref": corridor_stream["ref"], "query": (corridor_stream["ref"][0][:0], [])}
+    on = LoopClosureConfig(exclude_recent_count=10, exclude_recent_s=30)
+    off = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0)
+    with_exclusion = run_trajectory(tmp_path / "on", ref_only, on)["ref"]
+    without = run_trajectory(tmp_path / "off", ref_only, off)["ref"]
+    recent = lambda loops: [(i, kid) for i, kid, _ in loops if (i + 1) - kid < 30]  # noqa: E731  (age < 30 s)
+    assert recent(with_exclusion) == []
+    assert len(recent(without)) > 50
