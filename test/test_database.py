@@ -181,3 +181,25 @@ def test_approximate_indexes_recall_against_exact_on_100k(tmp_path, cfg):
     db.close()
     reopened = PlaceDatabase(tmp_path, dict(SIG, dim=512), index=cfg)
     assert np.array_equal([r[0].keyframe_id for r in reopened.search(q[:50], 1)], got[:50])
+
+
+def test_follower_sees_the_writers_keyframes_and_never_writes(tmp_path):
+    x = unit(30)
+    writer = PlaceDatabase(tmp_path, SIG, session="run1")
+    writer.add_many(x[:10], list(range(10)), thumbnails=[b"jpg%d" % i for i in range(10)])
+    follower = PlaceDatabase(tmp_path, follower=True)
+    assert len(follower) == 10 and follower.session == "run1"
+    assert follower.search(x[5], 1)[0][0].keyframe_id == 6
+    writer.new_session("run2")
+    writer.add_many(x[10:], list(range(10, 30)))
+    new = follower.refresh()
+    assert [k.id for k in new] == list(range(11, 31)) and follower.session == "run2"
+    assert follower.search(x[25], 1)[0][0].keyframe_id == 26
+    assert follower.refresh() == []
+    assert follower.thumbnail(3) == b"jpg2"
+    with pytest.raises(MapError, match="follower"):
+        follower.add(x[0], 0)
+    mtime = (tmp_path / PlaceDatabase.INDEX_FILE).stat().st_mtime_ns
+    follower.close()
+    assert (tmp_path / PlaceDatabase.INDEX_FILE).stat().st_mtime_ns == mtime
+    writer.close()

@@ -13,6 +13,10 @@ speed: then it is on disk after `flush()`). The index is written atomically (wri
 fsync, rename) on `save()`, `close()` and every `IndexConfig.save_every` additions; when it is
 missing, damaged or behind the database on open, it is caught up or rebuilt from SQLite.
 
+Several processes may open one map: one writer (the mapping node) and any number of
+followers (`follower=True`, e.g. the recognition node), which never write and pick up the
+writer's new keyframes with `refresh()`.
+
 A map records the signature of the encoder that made its descriptors and refuses
 descriptors from any other encoder (`MapError` naming the fields that differ).
 """
@@ -53,7 +57,8 @@ CREATE TABLE IF NOT EXISTS keyframes (
     px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL,
     descriptor BLOB NOT NULL,
     patches BLOB,
-    patches_shape TEXT
+    patches_shape TEXT,
+    thumbnail BLOB
 );
 CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session, id);
 """
@@ -133,8 +138,10 @@ class PlaceDatabase:
         create: bool = True,
         durable: bool = True,
         session: str | None = None,
+        follower: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
+        self.follower = follower
         self.index_config = index or IndexConfig()
         self.index_config.validate()
         self.durable = durable
@@ -142,7 +149,7 @@ class PlaceDatabase:
         self._adds_since_save = 0
         db_file = self.path / self.DB_FILE
         if not db_file.exists():
-            if not create:
+            if not create or follower:
                 raise MapError(f"no map at {self.path} (missing {db_file})")
             if encoder_signature is None:
                 raise MapError(f"creating a map at {self.path} needs the encoder signature")
@@ -153,7 +160,15 @@ class PlaceDatabase:
         self._index = None
         self._trained = False
         self._load_or_rebuild_index()
-        self.session = self.new_session(session) if session or not self.sessions() else self.sessions()[-1]
+        self._last_id = int(self._all_ids().max(initial=0))
+        # The current session: the one asked for, else the newest; a new map gets one on first add.
+        self.session = self.sessions()[-1] if self.sessions() else ""
+        if session and not follower:
+            self.new_session(session)
+
+    @classmethod
+    def exists(cls, path: str | Path) -> bool:
+        return (Path(path).expanduser() / cls.DB_FILE).is_file()
 
     # ---------------------------------------------------------------- storage
     def _connect(self, db_file: Path) -> sqlite3.Connection:
@@ -209,6 +224,8 @@ class PlaceDatabase:
 
     def new_session(self, session_id: str | None = None) -> str:
         """Start a new traversal in this map; later `add` calls tag keyframes with it."""
+        if self.follower:
+            raise MapError(f"map {self.path} is open as a follower (read-only)")
         sid = session_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
@@ -235,9 +252,10 @@ class PlaceDatabase:
         pose: Pose | None = None,
         session: str | None = None,
         patches: np.ndarray | None = None,
+        thumbnail: bytes | None = None,
     ) -> int:
         """Add one keyframe; returns its id. Durable when this returns (unless durable=False)."""
-        return self.add_many([descriptor], [stamp_ns], [frame_id], [pose], session, [patches])[0]
+        return self.add_many([descriptor], [stamp_ns], [frame_id], [pose], session, [patches], [thumbnail])[0]
 
     def add_many(
         self,
@@ -247,15 +265,19 @@ class PlaceDatabase:
         poses: Sequence[Pose | None] | None = None,
         session: str | None = None,
         patches: Sequence[np.ndarray | None] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
     ) -> list[int]:
         """Add keyframes in one transaction; returns their ids."""
+        if self.follower:
+            raise MapError(f"map {self.path} is open as a follower (read-only); only the writer adds keyframes")
         n = len(stamps_ns)
         descs = np.stack([self._check_descriptor(d) for d in descriptors]) if n else np.zeros((0, self.dim), np.float32)
         frame_ids = frame_ids or [""] * n
         poses = poses or [None] * n
         patches = patches or [None] * n
+        thumbnails = thumbnails or [None] * n
         with self._lock:
-            sid = session or self.session
+            sid = session or self.session or self.new_session()
             if sid not in self.sessions():
                 self._conn.execute("INSERT INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
             rows = []
@@ -265,14 +287,14 @@ class PlaceDatabase:
                 pa = patches[i]
                 pb = None if pa is None else np.ascontiguousarray(pa, dtype=np.float16).tobytes()
                 ps = None if pa is None else json.dumps(list(np.shape(pa)))
-                rows.append((sid, int(stamps_ns[i]), frame_ids[i], *pv, descs[i].tobytes(), pb, ps))
+                rows.append((sid, int(stamps_ns[i]), frame_ids[i], *pv, descs[i].tobytes(), pb, ps, thumbnails[i]))
             ids = []
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for r in rows:
                     cur = self._conn.execute(
                         "INSERT INTO keyframes(session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw, descriptor, "
-                        "patches, patches_shape) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         r,
                     )
                     ids.append(int(cur.lastrowid))
@@ -281,6 +303,7 @@ class PlaceDatabase:
                 self._conn.execute("ROLLBACK")
                 raise
             self._index_add(descs, np.array(ids, dtype=np.int64))
+            self._last_id = max([self._last_id, *ids])
             self._adds_since_save += n
             if self.index_config.save_every and self._adds_since_save >= self.index_config.save_every:
                 self.save_index()
@@ -413,6 +436,8 @@ class PlaceDatabase:
         """Write index.faiss + index.json atomically (the database is already durable)."""
         import faiss
 
+        if self.follower:
+            return  # only the writer owns the index files
         with self._lock:
             cpu = self._cpu_index()
             with atomic_path(self.path / self.INDEX_FILE) as tmp:
@@ -578,8 +603,30 @@ class PlaceDatabase:
                 self.save_index()
         return len(ids)
 
+    def refresh(self) -> list[Keyframe]:
+        """Follower: pick up keyframes the writer added since the last call (oldest first)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw FROM keyframes WHERE id > ? "
+                "ORDER BY id", (self._last_id,)).fetchall()
+            sessions = self.sessions()
+            self.session = sessions[-1] if sessions else ""  # the writer may have started a new one
+            if not rows:
+                return []
+            new = [_keyframe(r) for r in rows]
+            ids = np.array([k.id for k in new], np.int64)
+            self._index_add(self.descriptors(ids), ids)
+            self._last_id = int(ids[-1])
+            return new
+
+    def thumbnail(self, keyframe_id: int) -> bytes | None:
+        row = self._conn.execute("SELECT thumbnail FROM keyframes WHERE id=?", (int(keyframe_id),)).fetchone()
+        return None if row is None else row[0]
+
     def flush(self) -> None:
         """Make every added keyframe durable (needed only with durable=False) and save the index."""
+        if self.follower:
+            return
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(FULL)")
             self.save_index()

@@ -1,0 +1,79 @@
+"""anyloc_pipeline: encoder, mapping and recognition nodes in one process and one executor.
+
+For robots that should not serialise images between processes: camera images arrive once
+(over DDS from the driver), are encoded here, and each descriptor is handed to the
+recognition node (query first) and the mapping node (keyframe second) by a direct call.
+The three nodes keep their names, so the same params file configures both deployments.
+
+    anyloc_pipeline --ros-args --params-file config/anyloc.yaml -p mode:=localization
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .common import DescriptorFrame
+
+
+def build(mode: str = "full") -> list[Any]:
+    """The nodes of one pipeline; `mode` is full (map + recognise), mapping or localization."""
+    from .encoder_node import EncoderNode
+    from .mapping_node import MappingNode
+    from .recognition_node import RecognitionNode
+
+    nodes: list[Any] = []
+    recognition = RecognitionNode(subscribe_descriptors=False) if mode in ("full", "localization") else None
+    mapping: MappingNode | None = None
+
+    def on_frame(frame: DescriptorFrame) -> None:
+        if recognition is not None:
+            recognition.handle_frame(frame)
+        if mapping is not None:
+            mapping.handle_frame(frame)
+
+    encoder = EncoderNode(on_frame=on_frame)
+    nodes.append(encoder)
+    if mode in ("full", "mapping"):
+        mapping = MappingNode(encoder_signature=encoder.encoder.signature(), subscribe_descriptors=False)
+        nodes.append(mapping)
+    if recognition is not None:
+        nodes.append(recognition)
+    return nodes
+
+
+def main(args: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    from ..core.errors import AnyLocError
+
+    rclpy.init(args=args)
+    mode_node = rclpy.create_node("anyloc_pipeline")
+    mode = mode_node.declare_parameter("mode", "full").value
+    nodes: list[Any] = []
+    try:
+        if mode not in ("full", "mapping", "localization"):
+            raise AnyLocError(f"mode must be full, mapping or localization, got {mode!r}")
+        nodes = build(mode)
+        executor = MultiThreadedExecutor(num_threads=2)
+        for n in [mode_node, *nodes]:
+            executor.add_node(n)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except AnyLocError as exc:
+        print(f"[anyloc_ros] start-up error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for n in nodes:
+            n.close()
+            n.destroy_node()
+        mode_node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""ROS messages <-> numpy, with validation that turns bad input into a clear `ImageError`.
+
+Colour conversion reuses rosbags-image's encoding tables (rgb8, bgr8, rgba8, bgra8, mono8,
+mono16, rgb16, bayer_*, yuv422, generic 8UC3 ...); row padding (`step`), sizes and
+endianness are checked here first, since a malformed message must never crash a node.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..core.errors import ImageError
+from ..core.geometry import Pose
+from ..core.images import MAX_IMAGE_PIXELS, as_rgb_uint8, decode_image_bytes
+
+# Encodings whose rows are not `height` rows of `width` pixels.
+_PLANAR = {"nv12", "nv21", "yuv420", "i420"}
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB."""
+    from rosbags.image.image import Format, convert_color, to_cvtype
+    from rosbags.image.image import ImageError as RosbagsImageError
+
+    enc = (msg.encoding or "").strip()
+    if enc.lower() in _PLANAR:
+        raise ImageError(f"image encoding {enc!r} (planar YUV) is not supported; publish rgb8/bgr8/mono8")
+    try:
+        _, fmt, typestr, nchan = to_cvtype(enc)
+    except RosbagsImageError as exc:
+        raise ImageError(f"unsupported image encoding {enc!r}") from exc
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ImageError(f"empty image ({w}x{h})")
+    if h * w > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    dtype = np.dtype(typestr)
+    row = w * nchan * dtype.itemsize
+    if step < row:
+        raise ImageError(f"image step {step} is smaller than width*channels*bytes = {row} for {enc}")
+    data = memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray)) else msg.data
+    if len(data) < step * h:
+        raise ImageError(f"image data has {len(data)} bytes, expected step*height = {step * h}")
+    rows = np.frombuffer(data, dtype=np.uint8, count=step * h).reshape(h, step)[:, :row]
+    img = np.ascontiguousarray(rows).view(dtype).reshape((h, w, nchan) if nchan > 1 else (h, w))
+    if bool(msg.is_bigendian) != (sys.byteorder == "big") and dtype.itemsize > 1:
+        img = img.byteswap()
+    if fmt == Format.GENERIC:
+        if img.ndim == 3 and nchan == 3:
+            img = img[:, :, ::-1]  # OpenCV convention for nC3: BGR
+        if img.dtype != np.uint8:
+            img = (img.astype(np.float64) / np.iinfo(img.dtype).max * 255).astype(np.uint8) if img.dtype.kind in "ui" \
+                else img
+        return as_rgb_uint8(img)
+    try:
+        return np.ascontiguousarray(convert_color(img, enc, "rgb8"))
+    except (RosbagsImageError, cv2.error) as exc:
+        raise ImageError(f"cannot convert {enc!r} image to RGB: {exc}") from exc
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png, ...) -> HxWx3 uint8 RGB."""
+    return decode_image_bytes(bytes(msg.data), what=f"compressed image ({msg.format or 'unknown format'})")
+
+
+def rgb_to_image_msg(rgb: np.ndarray, msg_type: Any, header: Any = None) -> Any:
+    msg = msg_type()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return msg
+
+
+def encode_jpeg(rgb: np.ndarray, max_side: int = 160, quality: int = 80) -> bytes:
+    """Small JPEG thumbnail (for debug images and keyframe previews)."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    small = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, time_type: Any) -> Any:
+    t = time_type()
+    t.sec, t.nanosec = divmod(int(ns), 1_000_000_000)
+    return t
+
+
+def pose_from_msg(p: Any) -> Pose:
+    """geometry_msgs/Pose -> Pose (not validated; see Pose.is_valid)."""
+    return Pose(p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y, p.orientation.z,
+                p.orientation.w)
+
+
+def pose_to_msg(pose: Pose | None, msg_type: Any) -> Any:
+    m = msg_type()
+    if pose is not None:
+        m.position.x, m.position.y, m.position.z = pose.x, pose.y, pose.z
+        m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = pose.qx, pose.qy, pose.qz, pose.qw
+    return m

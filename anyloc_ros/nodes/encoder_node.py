@@ -1,0 +1,174 @@
+"""Encoder node: camera images in, place descriptors out.
+
+Subscribes `image` (sensor_msgs/Image) or `image/compressed` (CompressedImage) with
+sensor-data QoS into a bounded queue; a worker thread encodes the newest frames on the
+configured device and publishes `descriptors` (anyloc_ros/PlaceDescriptor). When the encoder
+cannot keep up, the oldest queued frames are dropped and counted (never a growing backlog).
+A malformed image is logged and counted; the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rclpy.node import Node
+
+from ..core.errors import AnyLocError
+from .common import (
+    ENCODER_PARAMS,
+    DescriptorFrame,
+    Diagnostics,
+    Param,
+    RateStats,
+    build_encoder,
+    declare,
+    encoder_id,
+    float32_array,
+    latched_qos,
+    run_node,
+    sensor_qos,
+)
+from .conversions import compressed_msg_to_rgb, encode_jpeg, image_msg_to_rgb, stamp_to_ns
+
+PARAMS = ENCODER_PARAMS + (
+    Param("image_transport", "raw", "subscribe 'image' (raw) or 'image/compressed' (compressed)",
+          choices=("raw", "compressed")),
+    Param("queue_size", 2, "frames waiting for the encoder; older ones are dropped", 1, 1000),
+    Param("qos_depth", 5, "subscription history depth (sensor-data QoS)", 1, 1000),
+    Param("qos_reliable", False, "reliable instead of best-effort image subscription"),
+    Param("publish_patches", True, "publish compact patch features for mutual-NN re-ranking"),
+    Param("patch_grid", 32, "patch features are pooled to at most grid x grid cells", 1, 256),
+    Param("patch_dim", 64, "patch features are projected to this many dimensions", 1, 4096),
+    Param("publish_thumbnails", True, "attach a small JPEG of the image (keyframe previews, debug image)"),
+    Param("thumbnail_size", 160, "longer side of the thumbnail in pixels", 16, 2048),
+)
+
+
+class EncoderNode(Node):
+    def __init__(self, name: str = "encoder_node", on_frame: Callable[[DescriptorFrame], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from ..msg import PlaceDescriptor
+
+        self.p = declare(self, PARAMS)
+        self.encoder = build_encoder(self.p)
+        self.encoder_id = encoder_id(self.encoder.signature())
+        self.compressor = None
+        if self.p["publish_patches"]:
+            from ..core.rerank import PatchCompressor
+
+            self.compressor = PatchCompressor(self.encoder.backbone.feature_dim, self.p["patch_dim"], self.p["patch_grid"])
+        self.on_frame = on_frame
+        self.stats = RateStats()
+        self.stats.values["encoder_id"] = self.encoder_id
+        self.stats.values["descriptor_dim"] = str(self.encoder.dim)
+        self._queue: deque[tuple[Any, float]] = deque()
+        self._cv = threading.Condition()
+        self._running = True
+        self._seq = 0
+        self.pub = self.create_publisher(PlaceDescriptor, "descriptors", 10)
+        # The full encoder signature, latched: a mapping node creating a new map records it.
+        from std_msgs.msg import String
+
+        self.info_pub = self.create_publisher(String, "encoder_info", latched_qos())
+        self.info_pub.publish(String(data=json.dumps(self.encoder.signature(), sort_keys=True)))
+        qos = sensor_qos(self.p["qos_depth"], self.p["qos_reliable"])
+        if self.p["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+        self.diagnostics = Diagnostics(self, "encoder", self.stats)
+        self._worker = threading.Thread(target=self._work, name="anyloc-encoder", daemon=True)
+        self._worker.start()
+        sig = self.encoder.signature()
+        self.get_logger().info(
+            f"encoder ready: {sig['backbone']} {sig['model']} layer={sig['layer']} facet={sig['facet']} "
+            f"{sig['aggregation']} dim={self.encoder.dim} device={getattr(self.encoder.backbone, 'device', 'onnx')} "
+            f"id={self.encoder_id}; listening on {self.resolve_topic_name('image')}"
+            f"{'/compressed' if self.p['image_transport'] == 'compressed' else ''}")
+
+    def _on_image(self, msg: Any) -> None:
+        self.stats.inc("frames_received")
+        with self._cv:
+            if len(self._queue) >= self.p["queue_size"]:
+                self._queue.popleft()
+                self.stats.inc("frames_dropped")
+            self._queue.append((msg, time.monotonic()))
+            self._cv.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._running and not self._queue:
+                    self._cv.wait(0.5)
+                if not self._running:
+                    return
+                msg, received = self._queue.popleft()
+            try:
+                self.encode_message(msg, received)
+            except AnyLocError as exc:
+                self.stats.inc("frames_rejected")
+                self.get_logger().error(f"image rejected: {exc}", throttle_duration_sec=2.0)
+            except Exception as exc:  # never let one frame kill the worker
+                self.stats.inc("frames_failed")
+                self.get_logger().error(f"encoding failed: {type(exc).__name__}: {exc}", throttle_duration_sec=2.0)
+
+    def encode_message(self, msg: Any, received: float | None = None) -> DescriptorFrame:
+        t0 = time.perf_counter()
+        rgb = compressed_msg_to_rgb(msg) if hasattr(msg, "format") else image_msg_to_rgb(msg)
+        if self.compressor is not None:
+            desc, feats = self.encoder.encode_with_features([rgb])
+            patches = self.compressor(feats[0])
+        else:
+            desc, patches = self.encoder.encode([rgb]), None
+        thumb = encode_jpeg(rgb, self.p["thumbnail_size"]) if self.p["publish_thumbnails"] else None
+        ms = (time.perf_counter() - t0) * 1e3
+        frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, desc[0],
+                                self.encoder_id, patches, thumb, ms)
+        self._seq += 1
+        self.stats.inc("frames_encoded")
+        self.stats.latency_ms.append(ms)
+        self.stats.values["queue_length"] = str(len(self._queue))
+        self.pub.publish(self.to_msg(frame, msg.header))
+        if self.on_frame is not None:
+            self.on_frame(frame)
+        return frame
+
+    def to_msg(self, frame: DescriptorFrame, header: Any) -> Any:
+        from ..msg import PlaceDescriptor
+
+        m = PlaceDescriptor()
+        m.header = header
+        m.seq = frame.seq
+        m.encoder_id = frame.encoder_id
+        m.descriptor = float32_array(frame.descriptor)
+        if frame.patches is not None:
+            m.patches = float32_array(frame.patches)
+            m.patch_dim = int(frame.patches.shape[1])
+        if frame.thumbnail is not None:
+            m.thumbnail.header = header
+            m.thumbnail.format = "jpeg"
+            m.thumbnail.data = frame.thumbnail
+        m.encode_ms = float(frame.encode_ms)
+        return m
+
+    def close(self) -> None:
+        with self._cv:
+            self._running = False
+            self._cv.notify_all()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(EncoderNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

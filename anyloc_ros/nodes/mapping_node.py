@@ -1,0 +1,244 @@
+"""Mapping node: builds the place map during traversal.
+
+Input: `descriptors` (anyloc_ros/PlaceDescriptor from the encoder node) plus the robot pose
+from `odom` (nav_msgs/Odometry) or `pose` (PoseStamped), interpolated at each image stamp.
+(To map from images directly, without descriptors crossing DDS, run `anyloc_pipeline`: the
+same node fed in-process.) The keyframe gate decides which frames become keyframes; each is
+durable in the map once added. A new map records the encoder signature that the encoder
+node publishes on `encoder_info` (latched), so no second copy of the model is loaded here.
+
+Services: `save_map` (anyloc_ros/SaveMap), `new_session` (NewSession), `get_map_info`
+(GetMapInfo).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from rclpy.node import Node
+
+from ..core.database import IndexConfig, PlaceDatabase
+from ..core.errors import AnyLocError
+from ..core.loop_closure import KeyframeGate, KeyframeGateConfig
+from .common import (
+    MAP_PARAMS,
+    POSE_PARAMS,
+    DescriptorFrame,
+    Diagnostics,
+    Param,
+    ParameterError,
+    PoseInput,
+    RateStats,
+    declare,
+    encoder_id,
+    frame_from_msg,
+    latched_qos,
+    run_node,
+)
+
+PARAMS = MAP_PARAMS + POSE_PARAMS + (
+    Param("session", "", "session id for this traversal; empty = a new generated id"),
+    Param("new_session_on_start", True, "start a new session (traversal) when the node starts"),
+    Param("durable", True, "each keyframe is fsynced before the next (off: durable after save_map)"),
+    Param("store_patches", True, "store compact patch features with keyframes (mutual-NN re-ranking)"),
+    Param("store_thumbnails", True, "store the descriptor's thumbnail JPEG with keyframes"),
+    Param("require_pose", False, "drop frames for which no pose arrives within pose.wait_s"),
+    Param("pose.wait_s", 0.3, "how long a frame waits for odometry covering its stamp", 0.0, 10.0),
+    Param("keyframe.min_distance_m", 0.5, "new keyframe after moving this far", 0.0, 1e6),
+    Param("keyframe.min_rotation_deg", 15.0, "new keyframe after turning this much", 0.0, 360.0),
+    Param("keyframe.max_interval_s", 0.0, "with poses: also a keyframe after this long (0 = off)", 0.0, 1e6),
+    Param("keyframe.no_pose_interval_s", 1.0, "without poses: a keyframe at this interval", 0.0, 1e6),
+    Param("keyframe.min_interval_s", 0.0, "never add keyframes faster than this", 0.0, 1e6),
+    Param("keyframe.novelty_threshold", 0.0, "keyframe when similarity to the last one is below this (0 = off)",
+          0.0, 1.0),
+)
+
+
+def index_config(p: dict[str, Any]) -> IndexConfig:
+    return IndexConfig(type=p["index.type"], nprobe=p["index.nprobe"], hnsw_ef_search=p["index.hnsw_ef_search"],
+                       use_gpu=p["index.use_gpu"])
+
+
+class MappingNode(Node):
+    def __init__(self, name: str = "mapping_node", encoder_signature: dict[str, Any] | None = None,
+                 subscribe_descriptors: bool = True, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        from std_msgs.msg import String
+
+        from ..msg import PlaceDescriptor
+        from ..srv import GetMapInfo, NewSession, SaveMap
+
+        self.p = p = declare(self, PARAMS)
+        if not p["map_path"]:
+            raise ParameterError(f"node '{name}': map_path must be set")
+        self.stats = RateStats()
+        self.gate = KeyframeGate(KeyframeGateConfig(
+            min_distance_m=p["keyframe.min_distance_m"], min_rotation_deg=p["keyframe.min_rotation_deg"],
+            max_interval_s=p["keyframe.max_interval_s"], no_pose_interval_s=p["keyframe.no_pose_interval_s"],
+            min_interval_s=p["keyframe.min_interval_s"], novelty_threshold=p["keyframe.novelty_threshold"]))
+        self.db: PlaceDatabase | None = None
+        self.map_encoder_id = ""
+        self.poses = PoseInput(self, p, self.stats)
+        self._pending: deque[DescriptorFrame] = deque(maxlen=100)
+        self._lock = threading.Lock()
+        self._add_lock = threading.Lock()
+        if subscribe_descriptors:  # composed: frames arrive by direct call instead
+            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, 50)
+        self.create_service(SaveMap, "save_map", self._save_map)
+        self.create_service(NewSession, "new_session", self._new_session)
+        self.create_service(GetMapInfo, "get_map_info", self._map_info)
+        self.create_timer(0.05, self._drain_pending)
+        self.diagnostics = Diagnostics(self, "mapping", self.stats)
+        self.stats.values["map_path"] = p["map_path"]
+        if encoder_signature is not None or (PlaceDatabase.exists(p["map_path"])):
+            self._open(encoder_signature)
+        else:
+            self.get_logger().info(f"no map at {p['map_path']} yet: waiting for the encoder's signature on "
+                                   f"{self.resolve_topic_name('encoder_info')}")
+            self.create_subscription(String, "encoder_info", self._on_encoder_info, latched_qos())
+
+    def _open(self, signature: dict[str, Any] | None) -> None:
+        p = self.p
+        db = PlaceDatabase(p["map_path"], signature, index=index_config(p), durable=p["durable"])
+        if p["new_session_on_start"] or p["session"]:
+            db.new_session(p["session"] or None)
+        self.map_encoder_id = encoder_id(db.encoder_signature)
+        self.stats.values["map_size"] = str(len(db))
+        self.db = db
+        self.get_logger().info(
+            f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
+            f"pose source {p['pose_source']}, encoder {self.map_encoder_id})")
+
+    def _on_encoder_info(self, msg: Any) -> None:
+        if self.db is not None:
+            return
+        try:
+            self._open(json.loads(msg.data))
+        except (AnyLocError, ValueError) as exc:
+            self.get_logger().error(f"cannot create the map from the encoder signature: {exc}")
+
+    # ---- input
+    def _on_descriptor(self, msg: Any) -> None:
+        try:
+            frame = frame_from_msg(msg)
+        except (ValueError, TypeError) as exc:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(f"descriptor rejected: {exc}", throttle_duration_sec=2.0)
+            return
+        if self.db is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(
+                f"descriptor from encoder {msg.encoder_id} refused: this map was built with encoder "
+                f"{self.map_encoder_id} ({self.db.path})", throttle_duration_sec=5.0)
+            return
+        self.handle_frame(frame)
+
+    def handle_frame(self, frame: DescriptorFrame) -> int | None:
+        """Decide on and add one keyframe (returns its id), or queue it until its pose arrives."""
+        pose = self.poses.at(frame.stamp_ns)
+        waiting_for_pose = pose is None and self.poses.source != "none" and self.p["pose.wait_s"] > 0
+        if self.db is None or waiting_for_pose:
+            with self._lock:
+                if len(self._pending) == self._pending.maxlen:
+                    self.stats.inc("frames_dropped_waiting_for_pose")
+                self._pending.append(frame)
+            return None
+        return self._add(frame, pose)
+
+    def _drain_pending(self) -> None:
+        now = time.monotonic()
+        while self.db is not None:
+            with self._lock:
+                if not self._pending:
+                    return
+                frame = self._pending[0]
+                pose = self.poses.at(frame.stamp_ns)
+                if pose is None and now - frame.received < self.p["pose.wait_s"]:
+                    return
+                self._pending.popleft()
+            if pose is None:
+                self.stats.inc("frames_without_pose")
+                if self.p["require_pose"]:
+                    self.get_logger().warn("no pose for frame; dropped (require_pose)", throttle_duration_sec=5.0)
+                    continue
+            self._add(frame, pose)
+
+    def _add(self, frame: DescriptorFrame, pose: Any) -> int | None:
+        with self._add_lock:  # frames come from DDS callbacks, the pose timer and (composed) the encoder thread
+            return self._add_locked(frame, pose)
+
+    def _add_locked(self, frame: DescriptorFrame, pose: Any) -> int | None:
+        try:
+            reason = self.gate.check(frame.stamp_ns, pose, frame.descriptor)
+            if reason is None:
+                self.stats.inc("frames_skipped")
+                return None
+            kid = self.db.add(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
+                              patches=frame.patches if self.p["store_patches"] else None,
+                              thumbnail=frame.thumbnail if self.p["store_thumbnails"] else None)
+        except AnyLocError as exc:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(f"keyframe refused: {exc}", throttle_duration_sec=2.0)
+            return None
+        self.gate.accept(frame.stamp_ns, pose, frame.descriptor)
+        self.stats.inc("keyframes_added")
+        self.stats.values["map_size"] = str(len(self.db))
+        self.get_logger().debug(f"keyframe {kid} ({reason}) pose={'yes' if pose else 'no'}")
+        return kid
+
+    # ---- services
+    def _save_map(self, req: Any, res: Any) -> Any:
+        try:
+            if self.db is None:
+                res.success, res.message = False, "no map yet (waiting for the encoder signature)"
+                return res
+            if req.path and req.path != str(self.db.path):
+                res.success, res.message = False, "saving to another directory is not supported; copy the map " \
+                                                  f"directory {self.db.path} instead"
+            else:
+                self.db.save()
+                res.success, res.message = True, f"map saved: {self.db.path}"
+        except Exception as exc:
+            res.success, res.message = False, f"save failed: {exc}"
+        res.keyframes = len(self.db)
+        self.get_logger().info(res.message)
+        return res
+
+    def _new_session(self, req: Any, res: Any) -> Any:
+        if self.db is None:
+            res.success, res.message = False, "no map yet (waiting for the encoder signature)"
+            return res
+        try:
+            res.session_id = self.db.new_session(req.session_id or None)
+            self.gate.reset()
+            res.success, res.message = True, f"new session {res.session_id}"
+        except Exception as exc:
+            res.success, res.message = False, str(exc)
+        self.get_logger().info(res.message)
+        return res
+
+    def _map_info(self, req: Any, res: Any) -> Any:
+        res.map_path = self.p["map_path"]
+        if self.db is None:
+            return res
+        st = self.db.stats()
+        res.keyframes, res.sessions, res.current_session = st.keyframes, len(st.sessions), st.current_session
+        res.map_path, res.encoder_id = str(self.db.path), self.map_encoder_id
+        res.descriptor_dim, res.index_type = st.dim, st.index_type
+        return res
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(MappingNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

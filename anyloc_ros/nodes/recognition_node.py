@@ -1,0 +1,271 @@
+"""Recognition node: place matches and loop-closure candidates for every descriptor.
+
+Subscribes `descriptors` (anyloc_ros/PlaceDescriptor), searches the map at `map_path`
+(opened as a follower: it picks up the mapping node's new keyframes as they are added, or
+serves a saved map for localisation), re-ranks the top-k by mutual-NN patch matching when
+enabled, and runs the loop-closure filter. Publishes:
+
+* `place_matches` (anyloc_ros/PlaceMatch) for every query;
+* `loop_closures` (anyloc_ros/LoopClosure) for confirmed candidates;
+* optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped, usable as a
+  hint on /initialpose), `loop_closure_markers` (visualization_msgs/MarkerArray) and
+  `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+from rclpy.node import Node
+
+from ..core.database import PlaceDatabase
+from ..core.errors import AnyLocError
+from ..core.loop_closure import LoopClosureConfig
+from ..core.recognition import PlaceRecognizer, RecognitionResult
+from .common import (
+    MAP_PARAMS,
+    POSE_PARAMS,
+    DescriptorFrame,
+    Diagnostics,
+    Param,
+    ParameterError,
+    PoseInput,
+    RateStats,
+    declare,
+    encoder_id,
+    frame_from_msg,
+    run_node,
+)
+from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
+from .mapping_node import index_config
+
+PARAMS = MAP_PARAMS + POSE_PARAMS + (
+    Param("map_frame", "map", "frame_id of published poses and markers"),
+    Param("top_k", 10, "map keyframes retrieved per query", 1, 1000),
+    Param("exclude_current_session", False, "only match keyframes of earlier sessions (traversals)"),
+    Param("loop.min_score", 0.0, "cosine similarity the best candidate must reach", -1.0, 1.0),
+    Param("loop.exclude_recent_count", 50, "the newest N keyframes of the current session are never candidates",
+          0, 1_000_000),
+    Param("loop.exclude_recent_s", 30.0, "keyframes of the current session younger than this are never candidates",
+          0.0, 1e6),
+    Param("loop.exclude_travelled_m", 0.0, "with poses: keyframes less than this much travel ago are excluded",
+          0.0, 1e6),
+    Param("loop.consistency", 3, "consecutive agreeing queries needed to confirm a loop closure", 1, 1000),
+    Param("loop.consistency_window", 3, "keyframe-id distance that counts as the same map neighbourhood", 0, 100000),
+    Param("loop.consistency_radius_m", 0.0, "with poses: distance that counts as the same neighbourhood (0 = ids)",
+          0.0, 1e6),
+    Param("loop.rerank", True, "re-rank the top-k by mutual-nearest-neighbour patch matching (needs patches)"),
+    Param("loop.rerank_min_matches", 0, "mutual matches the best candidate must reach when re-ranking", 0, 1_000_000),
+    Param("publish_relocalization", True, "publish the best match's pose on relocalization_pose"),
+    Param("relocalization_min_score", 0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0),
+    Param("relocalization_covariance", 1.0, "position variance (m^2) put on the relocalisation hint", 0.0, 1e6),
+    Param("publish_markers", True, "publish loop-closure edges as a MarkerArray for rviz"),
+    Param("publish_debug_image", False, "publish query | match thumbnails side by side on match_image"),
+    Param("map_wait_s", 30.0, "how long to wait for the map to appear before giving up (0 = forever)", 0.0, 1e6),
+)
+
+
+class RecognitionNode(Node):
+    def __init__(self, name: str = "recognition_node", subscribe_descriptors: bool = True, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from sensor_msgs.msg import Image
+        from visualization_msgs.msg import MarkerArray
+
+        from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
+
+        self.p = p = declare(self, PARAMS)
+        if not p["map_path"]:
+            raise ParameterError(f"node '{name}': map_path must be set")
+        self.loop_config = LoopClosureConfig(
+            top_k=p["top_k"], min_score=p["loop.min_score"], exclude_recent_count=p["loop.exclude_recent_count"],
+            exclude_recent_s=p["loop.exclude_recent_s"], exclude_travelled_m=p["loop.exclude_travelled_m"],
+            consistency=p["loop.consistency"], consistency_window=p["loop.consistency_window"],
+            consistency_radius_m=p["loop.consistency_radius_m"], rerank=p["loop.rerank"],
+            rerank_min_matches=p["loop.rerank_min_matches"])
+        self.loop_config.validate()
+        self.stats = RateStats()
+        self.recognizer: PlaceRecognizer | None = None
+        self.map_encoder_id = ""
+        self._started = time.monotonic()
+        self._edges: list[Any] = []
+        self.poses = PoseInput(self, p, self.stats)
+        self.match_pub = self.create_publisher(PlaceMatch, "place_matches", 10)
+        self.loop_pub = self.create_publisher(LoopClosure, "loop_closures", 10)
+        self.reloc_pub = self.create_publisher(PoseWithCovarianceStamped, "relocalization_pose", 10) \
+            if p["publish_relocalization"] else None
+        self.marker_pub = self.create_publisher(MarkerArray, "loop_closure_markers", 10) if p["publish_markers"] else None
+        self.image_pub = self.create_publisher(Image, "match_image", 2) if p["publish_debug_image"] else None
+        if subscribe_descriptors:  # composed: frames arrive by direct call instead
+            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, 50)
+        self.diagnostics = Diagnostics(self, "recognition", self.stats)
+        if not self._try_open():
+            self.get_logger().info(f"waiting for a map at {p['map_path']}")
+            self._wait_timer = self.create_timer(0.5, self._try_open)
+
+    def _try_open(self) -> bool:
+        if self.recognizer is not None:
+            return True
+        path = self.p["map_path"]
+        if not PlaceDatabase.exists(path):
+            if self.p["map_wait_s"] and time.monotonic() - self._started > self.p["map_wait_s"]:
+                self.get_logger().error(f"no map at {path} after {self.p['map_wait_s']} s", throttle_duration_sec=30)
+            return False
+        try:
+            db = PlaceDatabase(path, index=index_config(self.p), follower=True)
+        except AnyLocError as exc:
+            self.get_logger().error(f"cannot open map: {exc}", throttle_duration_sec=10)
+            return False
+        self.recognizer = PlaceRecognizer(db, self.loop_config)  # query patches arrive compressed
+        self.map_encoder_id = encoder_id(db.encoder_signature)
+        if getattr(self, "_wait_timer", None) is not None:
+            self._wait_timer.cancel()
+        self.stats.values["map_size"] = str(len(db))
+        self.get_logger().info(f"recognising against {db.path}: {len(db)} keyframes in {len(db.sessions())} "
+                               f"session(s), encoder {self.map_encoder_id}, index {db.index_config.type}")
+        return True
+
+    def _on_descriptor(self, msg: Any) -> None:
+        try:
+            frame = frame_from_msg(msg)
+        except (ValueError, TypeError) as exc:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(f"descriptor rejected: {exc}", throttle_duration_sec=2.0)
+            return
+        if self.recognizer is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(f"descriptor from encoder {msg.encoder_id} refused: the map was built with "
+                                    f"encoder {self.map_encoder_id}", throttle_duration_sec=5.0)
+            return
+        self.handle_frame(frame, msg.header)
+
+    def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> RecognitionResult | None:
+        if self.recognizer is None and not self._try_open():
+            self.stats.inc("frames_without_map")
+            return None
+        rec = self.recognizer
+        t0 = time.perf_counter()
+        for kf in rec.db.refresh():  # the mapping node's new keyframes
+            rec.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
+        pose = self.poses.at(frame.stamp_ns)
+        try:
+            result = rec.query(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
+                               exclude_sessions=[rec.db.session] if self.p["exclude_current_session"] else None)
+        except AnyLocError as exc:
+            self.stats.inc("frames_rejected")
+            self.get_logger().error(f"query refused: {exc}", throttle_duration_sec=2.0)
+            return None
+        self.stats.latency_ms.append((time.perf_counter() - t0) * 1e3)
+        self.stats.inc("queries")
+        self.stats.values["map_size"] = str(len(rec.db))
+        if result.matches:
+            self.stats.values["last_match_score"] = f"{result.matches[0].score:.3f}"
+        self._publish(frame, result, header)
+        return result
+
+    # ---- outputs
+    def _header(self, frame: DescriptorFrame) -> Any:
+        from std_msgs.msg import Header
+
+        h = Header()
+        h.stamp = ns_to_stamp(frame.stamp_ns, type(h.stamp))
+        h.frame_id = self.p["map_frame"]
+        return h
+
+    def _publish(self, frame: DescriptorFrame, result: RecognitionResult, header: Any) -> None:
+        from builtin_interfaces.msg import Time
+        from geometry_msgs.msg import Pose as PoseMsg
+
+        from ..msg import LoopClosure, PlaceMatch
+
+        h = self._header(frame)
+        m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq))
+        m.keyframe_ids = [int(x.keyframe_id) for x in result.matches]
+        m.scores = [float(x.rerank_score if x.rerank_score is not None else x.score) for x in result.matches]
+        m.session_ids = [x.session for x in result.matches]
+        m.keyframe_stamps = [ns_to_stamp(x.stamp_ns, Time) for x in result.matches]
+        m.poses = [pose_to_msg(x.pose, PoseMsg) for x in result.matches]
+        m.pose_valid = [x.pose is not None for x in result.matches]
+        m.encode_latency_ms = float(frame.encode_ms)
+        self.match_pub.publish(m)
+        best = result.matches[0] if result.matches else None
+        if self.reloc_pub is not None and best is not None and best.pose is not None \
+                and best.score >= self.p["relocalization_min_score"]:
+            self._publish_relocalization(h, best)
+        if result.loop is not None:
+            lc, q = result.loop, result.query
+            msg = LoopClosure(header=h, query_id=int(q.id), query_stamp=h.stamp, query_session=q.session,
+                              match_id=int(lc.match.keyframe_id), match_stamp=ns_to_stamp(lc.match.stamp_ns, Time),
+                              match_session=lc.match.session, score=float(lc.match.score),
+                              consistent_matches=int(lc.consistent))
+            msg.query_pose_valid = q.pose is not None
+            msg.query_pose = pose_to_msg(q.pose, PoseMsg)
+            msg.match_pose_valid = lc.match.pose is not None
+            msg.match_pose = pose_to_msg(lc.match.pose, PoseMsg)
+            self.loop_pub.publish(msg)
+            self.stats.inc("loop_closures")
+            self.get_logger().info(f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} "
+                                   f"(score {lc.match.score:.3f}, {lc.consistent} consistent)")
+            if self.marker_pub is not None and q.pose is not None and lc.match.pose is not None:
+                self._publish_markers(h, q.pose, lc.match.pose)
+        if self.image_pub is not None and best is not None and frame.thumbnail:
+            self._publish_debug_image(frame, best, header)
+
+    def _publish_relocalization(self, h: Any, best: Any) -> None:
+        from geometry_msgs.msg import Pose as PoseMsg
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+
+        msg = PoseWithCovarianceStamped(header=h)
+        msg.pose.pose = pose_to_msg(best.pose, PoseMsg)
+        var = self.p["relocalization_covariance"]
+        cov = np.zeros(36)
+        cov[[0, 7, 14]] = var
+        cov[[21, 28, 35]] = 0.1 * var
+        msg.pose.covariance = cov.tolist()
+        self.reloc_pub.publish(msg)
+
+    def _publish_markers(self, h: Any, a: Any, b: Any) -> None:
+        from geometry_msgs.msg import Point
+        from visualization_msgs.msg import Marker, MarkerArray
+
+        self._edges.append((Point(x=a.x, y=a.y, z=a.z), Point(x=b.x, y=b.y, z=b.z)))
+        self._edges = self._edges[-1000:]
+        mk = Marker(header=h, ns="anyloc_loop_closures", id=0, type=Marker.LINE_LIST, action=Marker.ADD)
+        mk.scale.x = 0.05
+        mk.color.r, mk.color.g, mk.color.a = 1.0, 0.3, 1.0
+        mk.pose.orientation.w = 1.0
+        mk.points = [p for e in self._edges for p in e]
+        self.marker_pub.publish(MarkerArray(markers=[mk]))
+
+    def _publish_debug_image(self, frame: DescriptorFrame, best: Any, header: Any) -> None:
+        from sensor_msgs.msg import Image
+
+        from ..core.images import decode_image_bytes
+
+        try:
+            q = decode_image_bytes(frame.thumbnail)
+            t = self.recognizer.db.thumbnail(best.keyframe_id)
+            m = decode_image_bytes(t) if t else np.zeros_like(q)
+        except AnyLocError:
+            return
+        h = max(q.shape[0], m.shape[0])
+        pad = lambda im: cv2.copyMakeBorder(im, 0, h - im.shape[0], 0, 0, cv2.BORDER_CONSTANT)  # noqa: E731
+        canvas = np.ascontiguousarray(np.hstack([pad(q), np.zeros((h, 4, 3), np.uint8), pad(m)]))
+        label = f"kf {best.keyframe_id} {best.score:.2f}"
+        cv2.putText(canvas, label, (q.shape[1] + 8, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1)
+        self.image_pub.publish(rgb_to_image_msg(canvas, Image, header))
+
+    def close(self) -> None:
+        if self.recognizer is not None:
+            self.recognizer.db.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(RecognitionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The product as a robot sees it: encoder, mapping and recognition nodes as separate
+processes over real DDS (loopback, own domain), fed the real corridor images with poses."""
+
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import REPO, XFEAT_ONNX, require
+from .ros_harness import DriverNode, NodeProcess, image_msg, odom_msg, write_params
+
+pytestmark = [pytest.mark.ros, pytest.mark.realdata]
+
+S = 1_000_000_000
+REF_T0, QUERY_T0 = 1000, 2000
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory, corridor_vocab):
+    require(XFEAT_ONNX)
+    d = tmp_path_factory.mktemp("ros")
+    path = write_params(d / "params.yaml", {
+        "/**": {"map_path": str(d / "map"), "pose_source": "odom"},
+        "encoder_node": {"encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"),
+                         "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20},
+        "mapping_node": {"session": "corridor_map", "keyframe.min_distance_m": 0.5},
+        "recognition_node": {"exclude_current_session": True, "loop.consistency": 3, "loop.rerank": True,
+                             "publish_debug_image": True},
+    })
+    return d, path
+
+
+def _publish_traversal(t, ip, op, images, t0, y, expect_matches):
+    """Lock-step: odometry then image, and wait for its place match before the next frame."""
+    for i, im in enumerate(images):
+        stamp = (t0 + i) * S
+        op.publish(odom_msg(stamp, x=i, y=y))
+        time.sleep(0.01)
+        ip.publish(image_msg(im, stamp))
+        got = t.wait_for("place_matches", expect_matches + i + 1, timeout=30)
+        assert len(got) == expect_matches + i + 1, f"no place match for frame {i}"
+
+
+def _top1_by_stamp(matches, t0, n):
+    out = {}
+    for m in matches:
+        i = m.query_stamp.sec - t0
+        if 0 <= i < n and m.keyframe_ids:
+            out[i] = int(m.keyframe_ids[0])
+    return out
+
+
+def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt):
+    from anyloc_ros.msg import LoopClosure, PlaceMatch
+    from anyloc_ros.srv import GetMapInfo, NewSession, SaveMap
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import Image
+
+    d, pfile = params
+    nodes = {m: NodeProcess(m, pfile, d) for m in ("encoder_node", "mapping_node", "recognition_node")}
+    t = DriverNode()
+    try:
+        t.watch(PlaceMatch, "place_matches")
+        t.watch(LoopClosure, "loop_closures")
+        t.watch(Image, "match_image", 10)
+        ip = t.node.create_publisher(Image, "image", 10)
+        op = t.node.create_publisher(Odometry, "odom", 100)
+        t.wait_matched(ip, 1, 60)
+        t.wait_matched(op, 2, 60)
+        refs, queries = corridor_images["ref"], corridor_images["query"]
+
+        # 1. map traversal, 1 m apart: every frame becomes a keyframe
+        _publish_traversal(t, ip, op, refs, REF_T0, 0.0, 0)
+        time.sleep(0.5)
+        info = t.call(GetMapInfo, "get_map_info", GetMapInfo.Request())
+        assert info.keyframes == len(refs) and info.current_session == "corridor_map" and info.descriptor_dim == 2048
+
+        # 2. a second traversal, as a new session; recognition matches earlier sessions only
+        res = t.call(NewSession, "new_session", NewSession.Request(session_id="corridor_query"))
+        assert res.success and res.session_id == "corridor_query"
+        _publish_traversal(t, ip, op, queries, QUERY_T0, 0.5, len(refs))
+        matches = t.wait_for("place_matches", len(refs) + len(queries), 10)
+        top1 = _top1_by_stamp(matches, QUERY_T0, len(queries))
+        assert len(top1) == len(queries)
+        recall1 = np.mean([(top1[i] - 1) in corridor_gt[i] for i in range(len(queries))])
+        print(f"nodes over DDS: corridor Recall@1 = {recall1:.3f}")
+        assert recall1 >= 0.8
+
+        # 3. loop-closure candidates carry the right ids, stamps, sessions and poses
+        loops = [lc for lc in t.received["loop_closures"] if lc.query_stamp.sec >= QUERY_T0]
+        assert len(loops) >= 30
+        correct = 0
+        for lc in loops:
+            q = lc.query_stamp.sec - QUERY_T0
+            ref = lc.match_id - 1  # keyframe ids 1..111 are the map traversal in order
+            assert lc.match_session == "corridor_map" and lc.query_session == "corridor_query"
+            assert lc.match_stamp.sec == REF_T0 + ref
+            assert lc.match_pose_valid and lc.match_pose.position.x == pytest.approx(ref)
+            assert lc.match_pose.position.y == pytest.approx(0.0)
+            assert lc.query_pose_valid and lc.query_pose.position.x == pytest.approx(q)
+            assert lc.query_pose.position.y == pytest.approx(0.5)
+            assert lc.consistent_matches >= 3 and lc.header.frame_id == "map"
+            correct += ref in corridor_gt[q]
+        assert correct / len(loops) >= 0.9
+        dbg = t.wait_for("match_image", 1, 5)
+        assert dbg and dbg[-1].encoding == "rgb8" and dbg[-1].width > dbg[-1].height
+
+        # 4. save through the service, restart recognition on the saved map alone: same matches
+        saved = t.call(SaveMap, "save_map", SaveMap.Request())
+        assert saved.success and saved.keyframes == len(refs) + len(queries)
+        assert nodes["recognition_node"].stop() == 0
+        assert nodes["mapping_node"].stop() == 0
+        nodes["recognition_node"] = NodeProcess("recognition_node", pfile, d, name="recognition_restarted")
+        t.received["place_matches"].clear()
+        deadline = time.time() + 60
+        while t.node.count_publishers("place_matches") < 1 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        for i, im in enumerate(queries):
+            stamp = (QUERY_T0 + i) * S
+            op.publish(odom_msg(stamp, x=i, y=0.5))
+            ip.publish(image_msg(im, stamp))
+            assert len(t.wait_for("place_matches", i + 1, timeout=30)) == i + 1
+        again = _top1_by_stamp(t.received["place_matches"], QUERY_T0, len(queries))
+        assert again == top1
+        for n in nodes.values():
+            assert n.alive() or n.proc.returncode == 0
+    finally:
+        for n in nodes.values():
+            n.stop()
+        t.close()
