@@ -1,0 +1,121 @@
+"""Nodes survive malformed input with a logged, counted error, and keep serving."""
+
+import time
+
+import cv2
+import pytest
+
+from .conftest import REPO, XFEAT_ONNX, require
+from .ros_harness import DriverNode, NodeProcess, image_msg, write_params
+
+pytestmark = [pytest.mark.ros, pytest.mark.realdata]
+
+
+def _diag_value(msgs, node, key):
+    for arr in reversed(msgs):
+        for st in arr.status:
+            if st.hardware_id == node:
+                for kv in st.values:
+                    if kv.key == key:
+                        return int(kv.value)
+    return 0
+
+
+def _wait_counter(t, node, key, value, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _diag_value(t.received["/diagnostics"], node, key) >= value:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_encoder_node_survives_malformed_images(tmp_path, corridor_vocab, corridor_images):
+    from anyloc_ros.msg import PlaceDescriptor
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import CompressedImage, Image
+
+    require(XFEAT_ONNX)
+    pfile = write_params(tmp_path / "p.yaml", {"/**": {
+        "encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"), "vocabulary": str(corridor_vocab),
+        "device": "cpu", "queue_size": 10}})
+    raw = NodeProcess("encoder_node", pfile, tmp_path, "-r", "__ns:=/raw", name="raw")
+    comp = NodeProcess("encoder_node", pfile, tmp_path, "-r", "__ns:=/comp", "-p", "image_transport:=compressed",
+                       name="compressed")
+    t = DriverNode()
+    try:
+        t.watch(PlaceDescriptor, "/raw/descriptors")
+        t.watch(PlaceDescriptor, "/comp/descriptors")
+        t.watch(DiagnosticArray, "/diagnostics")
+        ip = t.node.create_publisher(Image, "/raw/image", 10)
+        cp = t.node.create_publisher(CompressedImage, "/comp/image/compressed", 10)
+        t.wait_matched(ip, 1, 60)
+        t.wait_matched(cp, 1, 60)
+        good = corridor_images["ref"][0]
+        # warm up: the first frame after discovery proves the path works (best-effort QoS)
+        for _attempt in range(10):
+            ip.publish(image_msg(good, 100 * 10**9))
+            if t.wait_for("/raw/descriptors", 1, 3):
+                break
+        t.received["/raw/descriptors"].clear()
+
+        bad = []
+        m = image_msg(good, 1 * 10**9)
+        m.encoding = "weird_encoding"
+        bad.append(m)
+        m = image_msg(good, 2 * 10**9)
+        m.step = 10  # smaller than width * 3
+        bad.append(m)
+        m = image_msg(good, 3 * 10**9)
+        m.height, m.width, m.step, m.data = 0, 0, 0, b""
+        bad.append(m)
+        m = image_msg(good, 4 * 10**9)
+        m.data = m.data[: len(m.data) // 2]  # truncated payload
+        bad.append(m)
+        m = image_msg(good, 5 * 10**9)
+        m.height, m.width = 100000, 100000  # absurd dimensions
+        bad.append(m)
+        for m in bad:
+            ip.publish(m)
+            time.sleep(0.1)
+        assert _wait_counter(t, "/raw/encoder_node", "frames_rejected", len(bad)), raw.output()[-2000:]
+        ip.publish(image_msg(good, 9 * 10**9))
+        got = t.wait_for("/raw/descriptors", 1, 30)
+        assert len(got) == 1 and got[0].header.stamp.sec == 9 and len(got[0].descriptor) == 2048
+
+        ok, jpeg = cv2.imencode(".jpg", good[:, :, ::-1])
+        jpeg = jpeg.tobytes()
+        for _attempt in range(10):  # warm up the compressed path too
+            cp.publish(CompressedImage(format="jpeg", data=jpeg))
+            if t.wait_for("/comp/descriptors", 1, 3):
+                break
+        t.received["/comp/descriptors"].clear()
+        for data in (jpeg[: len(jpeg) // 3], b"\x89PNG\r\n garbage", b""):
+            c = CompressedImage(format="jpeg", data=data)
+            c.header.stamp.sec = 1
+            cp.publish(c)
+            time.sleep(0.1)
+        c = CompressedImage(format="jpeg", data=jpeg)
+        c.header.stamp.sec = 7
+        cp.publish(c)
+        got = t.wait_for("/comp/descriptors", 1, 30)
+        assert [g.header.stamp.sec for g in got] == [7]
+        assert _wait_counter(t, "/comp/encoder_node", "frames_rejected", 3)
+        assert raw.alive() and comp.alive()
+        for log in (raw.output(), comp.output()):
+            assert "image rejected" in log
+        assert "unsupported image encoding 'weird_encoding'" in raw.output()
+    finally:
+        raw.stop()
+        comp.stop()
+        t.close()
+
+
+def test_bad_parameters_are_a_clear_startup_error(tmp_path):
+    pfile = write_params(tmp_path / "p.yaml", {"/**": {"map_path": str(tmp_path / "m"), "top_k": 0,
+                                                       "index.type": "annoy", "loop.min_score": 2.0}})
+    node = NodeProcess("recognition_node", pfile, tmp_path)
+    assert node.proc.wait(60) == 1
+    out = node.output()
+    assert "start-up error" in out and "top_k" in out and "index.type" in out and "loop.min_score" in out
+    assert "Traceback" not in out
