@@ -180,13 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export_onnx)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-# Sub-commands defined in other modules (evaluation, bags) add themselves here.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Sub-commands defined in other modules (imported lazily: they may need ROS)."""
+    from . import demo
+
+    return [demo.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,9 @@ import time
 import cv2
 import pytest
 
+from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, write_params
+
 from .conftest import REPO, XFEAT_ONNX, require
-from .ros_harness import DriverNode, NodeProcess, image_msg, write_params
 
 pytestmark = [pytest.mark.ros, pytest.mark.realdata]
 

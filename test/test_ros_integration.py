@@ -6,8 +6,9 @@ import time
 import numpy as np
 import pytest
 
+from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, odom_msg, publish_traversal, write_params
+
 from .conftest import REPO, XFEAT_ONNX, require
-from .ros_harness import DriverNode, NodeProcess, image_msg, odom_msg, write_params
 
 pytestmark = [pytest.mark.ros, pytest.mark.realdata]
 
@@ -28,17 +29,6 @@ def params(tmp_path_factory, corridor_vocab):
                              "publish_debug_image": True},
     })
     return d, path
-
-
-def _publish_traversal(t, ip, op, images, t0, y, expect_matches):
-    """Lock-step: odometry then image, and wait for its place match before the next frame."""
-    for i, im in enumerate(images):
-        stamp = (t0 + i) * S
-        op.publish(odom_msg(stamp, x=i, y=y))
-        time.sleep(0.01)
-        ip.publish(image_msg(im, stamp))
-        got = t.wait_for("place_matches", expect_matches + i + 1, timeout=30)
-        assert len(got) == expect_matches + i + 1, f"no place match for frame {i}"
 
 
 def _top1_by_stamp(matches, t0, n):
@@ -70,7 +60,7 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
         refs, queries = corridor_images["ref"], corridor_images["query"]
 
         # 1. map traversal, 1 m apart: every frame becomes a keyframe
-        _publish_traversal(t, ip, op, refs, REF_T0, 0.0, 0)
+        publish_traversal(t, ip, op, refs, REF_T0, [(i, 0.0) for i in range(len(refs))], 0)
         time.sleep(0.5)
         info = t.call(GetMapInfo, "get_map_info", GetMapInfo.Request())
         assert info.keyframes == len(refs) and info.current_session == "corridor_map" and info.descriptor_dim == 2048
@@ -78,7 +68,7 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
         # 2. a second traversal, as a new session; recognition matches earlier sessions only
         res = t.call(NewSession, "new_session", NewSession.Request(session_id="corridor_query"))
         assert res.success and res.session_id == "corridor_query"
-        _publish_traversal(t, ip, op, queries, QUERY_T0, 0.5, len(refs))
+        publish_traversal(t, ip, op, queries, QUERY_T0, [(i, 0.5) for i in range(len(queries))], len(refs))
         matches = t.wait_for("place_matches", len(refs) + len(queries), 10)
         top1 = _top1_by_stamp(matches, QUERY_T0, len(queries))
         assert len(top1) == len(queries)

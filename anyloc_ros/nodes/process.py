@@ -1,5 +1,6 @@
-"""Helpers for integration tests: real node processes over real DDS (loopback, own domain),
-and an in-test rclpy node that publishes inputs and records outputs."""
+"""Drive the real nodes from Python: node processes over real DDS, and a driver node that
+publishes inputs and records outputs. Used by `anyloc demo`, `anyloc replay` and the
+integration tests (DDS kept on loopback in its own domain by the caller's environment)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,37 @@ from typing import Any
 
 import yaml
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ros_env() -> dict[str, str]:
+    """Environment for node processes: unbuffered logs, this source tree first on the path."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if (REPO / "anyloc_ros" / "__init__.py").is_file():
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def isolated_dds_env(domain_id: int | None = None) -> None:
+    """Keep DDS on loopback, in its own domain, with the large-image FastDDS profile."""
+    import random
+
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(101, 215))
+    for candidate in (REPO / "config" / "fastdds_localhost.xml", _share_dir() / "config" / "fastdds_localhost.xml"):
+        if candidate.is_file():
+            os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(candidate))
+            break
+
+
+def _share_dir() -> Path:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("anyloc_ros"))
+    except Exception:  # not installed through ament: no share directory
+        return Path("/nonexistent")
 
 
 def write_params(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
@@ -39,7 +63,8 @@ class NodeProcess:
         args = [sys.executable, "-m", f"anyloc_ros.nodes.{module}", "--ros-args", "--params-file", str(params_file),
                 *extra]
         self._fh = self.log.open("w")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=ros_env(), stdout=self._fh, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=REPO if REPO.is_dir() else None, env=ros_env(), stdout=self._fh,
+                                     stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         if not self._fh.closed:
@@ -153,3 +178,19 @@ def odom_msg(stamp_ns: int, x: float, y: float = 0.0):
     m.pose.pose.position.x, m.pose.pose.position.y = float(x), float(y)
     m.pose.pose.orientation.w = 1.0
     return m
+
+
+def publish_traversal(driver: DriverNode, image_pub: Any, odom_pub: Any, images: list, t0_s: float,
+                      positions: list[tuple[float, float]], done_before: int, topic: str = "place_matches",
+                      timeout: float = 30.0) -> None:
+    """Publish odometry then image for each frame (1 frame/s of stamp time), lock-step: wait
+    for the frame's output on `topic` before the next, so nothing is dropped for speed."""
+    for i, im in enumerate(images):
+        stamp = int((t0_s + i) * 1_000_000_000)
+        if odom_pub is not None:
+            odom_pub.publish(odom_msg(stamp, *positions[i]))
+            time.sleep(0.01)
+        image_pub.publish(image_msg(im, stamp))
+        got = driver.wait_for(topic, done_before + i + 1, timeout=timeout)
+        if len(got) < done_before + i + 1:
+            raise TimeoutError(f"no output on {topic} for frame {i} within {timeout} s")
