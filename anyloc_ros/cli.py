@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-commands defined in other modules (imported lazily: they may need ROS)."""
     from . import demo
+    from .eval import cli as eval_cli
 
-    return [demo.register]
+    return [eval_cli.register, demo.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,103 @@
+"""CLI sub-commands of the evaluation tools: eval, compare, make-bag, replay."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import AnyLocError
+
+
+def load_dataset(args: argparse.Namespace):
+    from .datasets import load_folder_dataset, load_tum_dataset, load_vg_dataset, read_vprbench_npy
+
+    if args.database_trajectory or args.query_trajectory:
+        if not (args.database_trajectory and args.query_trajectory):
+            raise AnyLocError("--database-trajectory and --query-trajectory go together")
+        return load_tum_dataset(args.database, args.database_trajectory, args.queries, args.query_trajectory,
+                                args.radius if args.radius is not None else 1.0, args.max_angle)
+    gt = args.ground_truth
+    if gt is None or gt == "vg":
+        return load_vg_dataset(args.database, args.queries, args.radius if args.radius is not None else 25.0)
+    if str(gt).endswith(".npy"):
+        from ..core.images import list_images
+        from .datasets import PlaceDataset
+
+        db, q = list_images(args.database), list_images(args.queries)
+        return PlaceDataset(Path(args.database).parent.name, db, q, read_vprbench_npy(gt, len(q)),
+                            {"format": "vpr-bench", "ground_truth": str(gt)})
+    return load_folder_dataset(args.database, args.queries, gt)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import _encoder_config
+    from ..core.encoder import build_backbone
+    from ..core.vocabulary import build_vocabulary
+    from .evaluate import evaluate, print_table
+
+    ds = load_dataset(args)
+    cfg = _encoder_config(args)
+    out = Path(args.output)
+    if cfg.aggregation.type == "vlad" and not cfg.aggregation.vocabulary:
+        if not args.build_vocab:
+            raise AnyLocError("VLAD needs a vocabulary: pass --vocabulary FILE or --build-vocab K (fitted on the "
+                              "database images)")
+        vocab = out / f"vocab_k{args.build_vocab}.npz"
+        if not vocab.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            build_vocabulary(build_backbone(cfg), ds.database, args.build_vocab, progress=not args.quiet).save(vocab)
+        cfg.aggregation.vocabulary = str(vocab.resolve())
+    cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    result = evaluate(ds, cfg, out, cache, progress=not args.quiet, label=args.label)
+    print_table([result])
+    print(f"results: {out / 'results.json'}; plots: recall_at_k.png, pr_curve.png, similarity.png")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import plots
+    from .evaluate import load_result, print_table
+
+    results = [load_result(p) for p in args.results]
+    names = [f"{r.get('label', '?')} ({Path(p).parent.name})" for r, p in zip(results, args.results, strict=True)]
+    print_table(results, names)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for r, n in zip(results, names, strict=True):
+            r["label"] = n
+        plots.recall_curve(results, out / "recall_at_k.png")
+        plots.pr_curve([(n, np.array(r["pr_curve"]["recall"]), np.array(r["pr_curve"]["precision"]))
+                        for r, n in zip(results, names, strict=True)], out / "pr_curve.png")
+        print(f"plots in {out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    from ..cli import _add_encoder_args
+
+    p = sub.add_parser("eval", help="Recall@K, precision-recall, timing and plots on a labelled dataset")
+    _add_encoder_args(p)
+    p.add_argument("--database", required=True, help="folder of map (database) images")
+    p.add_argument("--queries", required=True, help="folder of query images")
+    p.add_argument("--ground-truth", help="CSV (query_index,matching_ref_indices), VPR-Bench .npy, or 'vg' "
+                                          "(positives from @UTM_east@UTM_north@ names within --radius)")
+    p.add_argument("--radius", type=float, default=None, help="positive radius (m): VG 25, TUM 1")
+    p.add_argument("--database-trajectory", help="TUM trajectory of the database sequence (images named by time)")
+    p.add_argument("--query-trajectory", help="TUM trajectory of the query sequence")
+    p.add_argument("--max-angle", type=float, default=30.0, help="TUM: maximum heading difference (deg)")
+    p.add_argument("--build-vocab", type=int, default=0, metavar="K",
+                   help="fit a K-cluster vocabulary on the database images when none is given")
+    p.add_argument("--output", default="results/eval")
+    p.add_argument("--cache-dir", help="descriptor cache (default OUTPUT/cache)")
+    p.add_argument("--label", help="name of this run in tables and plots")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="one table (and plots) from several eval result JSON files")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--output", help="folder for combined plots")
+    p.set_defaults(func=cmd_compare)
