@@ -188,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-commands defined in other modules (imported lazily: they may need ROS)."""
     from . import demo
+    from .eval import bags
     from .eval import cli as eval_cli
 
-    return [eval_cli.register, demo.register]
+    return [eval_cli.register, bags.register, demo.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,6 +99,7 @@ class DriverNode:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.received: dict[str, list[Any]] = defaultdict(list)
+        self._arrivals: dict[str, list[float]] = defaultdict(list)
         self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._running = True
@@ -112,6 +113,7 @@ class DriverNode:
         def cb(msg: Any, topic: str = topic) -> None:
             with self._cv:
                 self.received[topic].append(msg)
+                self._arrivals[topic].append(time.monotonic())
                 self._cv.notify_all()
 
         self.node.create_subscription(msg_type, topic, cb, qos)
@@ -125,6 +127,11 @@ class DriverNode:
                     break
                 self._cv.wait(left)
             return list(self.received[topic])
+
+    def arrival_times(self, topic: str) -> list[float]:
+        """time.monotonic() at which each recorded message of `topic` arrived."""
+        with self._cv:
+            return list(self._arrivals[topic])
 
     def wait_matched(self, publisher: Any, n: int = 1, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
