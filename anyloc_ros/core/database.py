@@ -80,7 +80,7 @@ class IndexConfig:
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
     use_gpu: str = "auto"  # auto | true | false (GPU faiss when available; flat and IVF only)
-    save_every: int = 100  # write the index after this many additions (0 = only on save/close)
+    save_every: int = 1000  # write the index after this many additions (0 = only on save/close)
 
     def validate(self) -> None:
         if self.type not in ("flat", "ivf", "hnsw"):
@@ -311,21 +311,7 @@ class PlaceDatabase:
 
     # ---------------------------------------------------------------- index
     def _new_index(self, n_train: int = 0) -> Any:
-        import faiss
-
-        cfg = self.index_config
-        if cfg.type == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = cfg.hnsw_ef_construction
-            inner.hnsw.efSearch = cfg.hnsw_ef_search
-        elif cfg.type == "ivf" and n_train:
-            nlist = cfg.nlist or max(1, int(4 * np.sqrt(n_train)))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            inner = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            inner.nprobe = min(cfg.nprobe, nlist)
-        else:
-            inner = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(inner)
+        return build_index(self.dim, self.index_config, n_train)
 
     def _ivf_threshold(self) -> int:
         cfg = self.index_config
@@ -653,6 +639,26 @@ class PlaceDatabase:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def build_index(dim: int, cfg: IndexConfig, n_train: int = 0) -> Any:
+    """An empty faiss index for `cfg` (inner product on unit vectors), wrapped with keyframe ids.
+
+    IVF is only built when `n_train` vectors are available to train it; before that the
+    index is exact flat."""
+    import faiss
+
+    if cfg.type == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = cfg.hnsw_ef_construction
+        inner.hnsw.efSearch = cfg.hnsw_ef_search
+    elif cfg.type == "ivf" and n_train:
+        nlist = cfg.nlist or max(1, int(4 * np.sqrt(n_train)))
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        inner.nprobe = min(cfg.nprobe, nlist)
+    else:
+        inner = faiss.IndexFlatIP(dim)
+    return faiss.IndexIDMap2(inner)
 
 
 def _keyframe(row: Sequence[Any]) -> Keyframe:
