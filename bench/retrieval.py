@@ -29,18 +29,20 @@ def synth(n: int, d: int, seed: int = 0, places: int = 2000) -> np.ndarray:
     centres = rng.normal(size=(places, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = np.empty((n, d), np.float32)
-    for s in range(0, n, 100_000):  # views of one place: its centre plus noise of norm ~0.5
-        m = min(100_000, n - s)
-        x[s : s + m] = centres[rng.integers(0, places, m)] + (0.5 / np.sqrt(d)) * rng.normal(size=(m, d)).astype(
-            np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    step = max(1, 50_000_000 // d)  # chunks of ~200 MB
+    for s in range(0, n, step):  # views of one place: its centre plus noise of norm ~0.5
+        m = min(step, n - s)
+        x[s : s + m] = centres[rng.integers(0, places, m)] + (0.5 / np.sqrt(d)) * rng.standard_normal(
+            size=(m, d), dtype=np.float32)
+    for s in range(0, n, step):
+        x[s : s + step] /= np.linalg.norm(x[s : s + step], axis=1, keepdims=True)
     return x
 
 
 def queries(x: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    q = x[rng.choice(len(x), n, replace=False)] + 0.3 * rng.normal(size=(n, x.shape[1])).astype(np.float32) \
-        / np.sqrt(x.shape[1])
+    q = x[rng.choice(len(x), n, replace=False)] + (0.3 / np.sqrt(x.shape[1])) * rng.standard_normal(
+        size=(n, x.shape[1]), dtype=np.float32)
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
@@ -111,7 +113,7 @@ def main() -> None:
     faiss.omp_set_num_threads(2)
     rows: list = []
     sizes = [(10_000, 512), (100_000, 512)] + ([] if args.quick else [(1_000_000, 512)])
-    sizes += [(10_000, 49152)] + ([] if args.quick else [(40_000, 49152)])
+    sizes += [(10_000, 49152)] + ([] if args.quick else [(30_000, 49152)])
     for n, d in sizes:
         t = time.perf_counter()
         bench(n, d, rows, hnsw_m=16 if n >= 1_000_000 else 32, hnsw_efc=80 if n >= 1_000_000 else 200)

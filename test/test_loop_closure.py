@@ -41,6 +41,7 @@ def test_keyframe_gate_distance_rotation_interval_novelty():
     no_pose = KeyframeGate(KeyframeGateConfig(no_pose_interval_s=2.0))
     no_pose.accept(0)
     assert no_pose.check(1 * S) is None and no_pose.check(2 * S) == "interval"
+    assert no_pose.check(1 * S, Pose(0, 0, 0)) == "pose"  # odometry appears: anchor a keyframe to it
     with pytest.raises(ConfigError):
         KeyframeGateConfig(min_distance_m=-1).validate()
 

@@ -155,12 +155,16 @@ class PlaceDatabase:
                 raise MapError(f"creating a map at {self.path} needs the encoder signature")
             self.path.mkdir(parents=True, exist_ok=True)
         self._conn = self._connect(db_file)
-        self._init_meta(encoder_signature)
         self._gpu = None
         self._index = None
         self._trained = False
-        self._load_or_rebuild_index()
-        self._last_id = int(self._all_ids().max(initial=0))
+        try:
+            self._init_meta(encoder_signature)
+            self._load_or_rebuild_index()
+            self._last_id = int(self._all_ids().max(initial=0))
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise MapError(f"map database {db_file} is corrupt ({exc}); restore it from a backup") from exc
         # The current session: the one asked for, else the newest; a new map gets one on first add.
         self.session = self.sessions()[-1] if self.sessions() else ""
         if session and not follower:
@@ -177,7 +181,11 @@ class PlaceDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             conn.executescript(_SCHEMA)
-            conn.execute("SELECT count(*) FROM keyframes").fetchone()
+            # Damaged text must not raise deep inside a query later: show it, replaced.
+            conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         except sqlite3.DatabaseError as exc:
             raise MapError(f"map database {db_file} is corrupt or not a map ({exc}); restore it from a backup") from exc
         return conn
@@ -233,7 +241,8 @@ class PlaceDatabase:
         return sid
 
     # ---------------------------------------------------------------- adding
-    def _check_descriptor(self, d: np.ndarray) -> np.ndarray:
+    def validate_descriptor(self, d: np.ndarray) -> np.ndarray:
+        """The descriptor as a unit float32 vector, or FeatureDimensionError (wrong dimension, NaN/inf, zero)."""
         d = np.asarray(d, dtype=np.float32).reshape(-1)
         if d.shape[0] != self.dim:
             raise FeatureDimensionError(f"descriptor has {d.shape[0]} dimensions, the map holds {self.dim}-D descriptors")
@@ -271,7 +280,7 @@ class PlaceDatabase:
         if self.follower:
             raise MapError(f"map {self.path} is open as a follower (read-only); only the writer adds keyframes")
         n = len(stamps_ns)
-        descs = np.stack([self._check_descriptor(d) for d in descriptors]) if n else np.zeros((0, self.dim), np.float32)
+        descs = np.stack([self.validate_descriptor(d) for d in descriptors]) if n else np.zeros((0, self.dim), np.float32)
         frame_ids = frame_ids or [""] * n
         poses = poses or [None] * n
         patches = patches or [None] * n
@@ -366,6 +375,13 @@ class PlaceDatabase:
             part = ids[s : s + chunk]
             yield part, self.descriptors(part)
 
+    def _finite_rows(self, ids: np.ndarray, descs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(descs).all(axis=1)
+        if not ok.all():
+            log.error("map %s: %d keyframes have damaged descriptors (%s...); they are left out of the index",
+                      self.path, int((~ok).sum()), ids[~ok][:5].tolist())
+        return ids[ok], descs[ok]
+
     def reindex(self) -> None:
         """Rebuild the search index from SQLite (and train it, for IVF with enough keyframes)."""
         with self._lock:
@@ -377,7 +393,7 @@ class PlaceDatabase:
                 sample = ids if n <= 100_000 else np.sort(np.random.default_rng(0).choice(ids, 100_000, replace=False))
                 cpu.index.train(self.descriptors(sample))
             for ids, descs in self._iter_descriptors():
-                cpu.add_with_ids(descs, ids)
+                cpu.add_with_ids(*self._finite_rows(ids, descs)[::-1])
             self._trained = train
             self._index = self._maybe_gpu(cpu)
             self.save_index()
@@ -393,6 +409,8 @@ class PlaceDatabase:
         else:
             try:
                 meta = json.loads(meta_file.read_text())
+                if meta.get("sha256") != _sha256(index_file):
+                    raise ValueError("checksum mismatch (damaged or written by another process)")
                 cpu = faiss.read_index(str(index_file))
                 if meta.get("type") != self.index_config.type or cpu.d != self.dim:
                     reason = f"index is {meta.get('type')} {cpu.d}-D, config asks for {self.index_config.type} {self.dim}-D"
@@ -408,7 +426,7 @@ class PlaceDatabase:
                         if len(missing):
                             log.info("index %s is %d keyframes behind the database; adding them", index_file, len(missing))
                             for ids, descs in self._iter_descriptors(missing):
-                                self._index.add_with_ids(descs, ids)
+                                self._index.add_with_ids(*self._finite_rows(ids, descs)[::-1])
                             self.save_index()
                         return
             except Exception as exc:  # faiss raises RuntimeError on damaged files, json ValueError
@@ -428,7 +446,9 @@ class PlaceDatabase:
             cpu = self._cpu_index()
             with atomic_path(self.path / self.INDEX_FILE) as tmp:
                 faiss.write_index(cpu, str(tmp))
-            meta = {"type": self.index_config.type, "trained": self._trained, "ntotal": int(cpu.ntotal), "dim": self.dim}
+                digest = _sha256(tmp)
+            meta = {"type": self.index_config.type, "trained": self._trained, "ntotal": int(cpu.ntotal), "dim": self.dim,
+                    "sha256": digest}
             with atomic_path(self.path / self.INDEX_META) as tmp:
                 tmp.write_text(json.dumps(meta))
             self._adds_since_save = 0
@@ -639,6 +659,16 @@ class PlaceDatabase:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def build_index(dim: int, cfg: IndexConfig, n_train: int = 0) -> Any:

@@ -67,6 +67,8 @@ class KeyframeGate:
         dt = (stamp_ns - self._stamp_ns) * 1e-9
         if dt < c.min_interval_s:
             return None
+        if pose is not None and self._pose is None:
+            return "pose"  # first keyframe with a pose after keyframes without one
         if pose is not None and self._pose is not None:
             if pose.distance_to(self._pose) >= c.min_distance_m:
                 return "moved"

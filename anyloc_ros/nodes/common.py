@@ -11,6 +11,8 @@ import array
 import hashlib
 import json
 import math
+import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,6 +110,25 @@ def sensor_qos(depth: int, reliable: bool = False) -> QoSProfile:
                        depth=depth)
         return q
     return QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=depth)
+
+
+def validate_map_path(node_name: str, value: str, must_exist: bool = False) -> str:
+    """A map directory parameter: set, no NUL bytes, not an existing file, and (when it must
+    exist) holding a map. Returns the expanded absolute path."""
+    from pathlib import Path
+
+    if not value:
+        raise ParameterError(f"node '{node_name}': map_path must be set")
+    if "\x00" in value:
+        raise ParameterError(f"node '{node_name}': map_path contains a NUL byte")
+    path = Path(value).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"node '{node_name}': map_path {path} exists and is not a directory")
+    if not must_exist:
+        parent = next((p for p in (path, *path.parents) if p.exists()), None)
+        if parent is None or not os.access(parent, os.W_OK):
+            raise ParameterError(f"node '{node_name}': cannot create a map at {path} (no writable parent directory)")
+    return str(path)
 
 
 def latched_qos() -> QoSProfile:
@@ -226,6 +247,19 @@ class Diagnostics:
         self.pub.publish(arr)
 
 
+_LAST_LOGGED: dict[tuple[str, str], float] = {}
+
+
+def log_error(node: Node, message: str, period_s: float = 2.0) -> None:
+    """Log an error at most once per `period_s` per kind of message (digits ignored), so a
+    flood of one bad input cannot drown the log and each distinct problem is still reported."""
+    key = (node.get_name(), re.sub(r"[0-9.]+", "#", message)[:80])
+    now = time.monotonic()
+    if now - _LAST_LOGGED.get(key, -1e9) >= period_s:
+        _LAST_LOGGED[key] = now
+        node.get_logger().error(message)
+
+
 class PoseInput:
     """Subscribes the robot pose (Odometry or PoseStamped) into a PoseBuffer."""
 
@@ -248,7 +282,7 @@ class PoseInput:
             self.stats.inc("poses_received")
         except PoseError as exc:
             self.stats.inc("poses_rejected")
-            self.node.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            log_error(self.node, str(exc))
 
     def at(self, stamp_ns: int) -> Pose | None:
         return None if self.source == "none" else self.buffer.at(stamp_ns)

@@ -30,6 +30,7 @@ from .common import (
     encoder_id,
     float32_array,
     latched_qos,
+    log_error,
     run_node,
     sensor_qos,
 )
@@ -115,10 +116,10 @@ class EncoderNode(Node):
                 self.encode_message(msg, received)
             except AnyLocError as exc:
                 self.stats.inc("frames_rejected")
-                self.get_logger().error(f"image rejected: {exc}", throttle_duration_sec=2.0)
+                log_error(self, f"image rejected: {exc}")
             except Exception as exc:  # never let one frame kill the worker
                 self.stats.inc("frames_failed")
-                self.get_logger().error(f"encoding failed: {type(exc).__name__}: {exc}", throttle_duration_sec=2.0)
+                log_error(self, f"encoding failed: {type(exc).__name__}: {exc}")
 
     def encode_message(self, msg: Any, received: float | None = None) -> DescriptorFrame:
         t0 = time.perf_counter()

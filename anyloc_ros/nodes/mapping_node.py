@@ -7,6 +7,7 @@ same node fed in-process.) The keyframe gate decides which frames become keyfram
 durable in the map once added. A new map records the encoder signature that the encoder
 node publishes on `encoder_info` (latched), so no second copy of the model is loaded here.
 
+Each keyframe is acknowledged on `keyframes` (anyloc_ros/Keyframe) once it is durable.
 Services: `save_map` (anyloc_ros/SaveMap), `new_session` (NewSession), `get_map_info`
 (GetMapInfo).
 """
@@ -30,14 +31,15 @@ from .common import (
     DescriptorFrame,
     Diagnostics,
     Param,
-    ParameterError,
     PoseInput,
     RateStats,
     declare,
     encoder_id,
     frame_from_msg,
     latched_qos,
+    log_error,
     run_node,
+    validate_map_path,
 )
 
 PARAMS = MAP_PARAMS + POSE_PARAMS + (
@@ -46,6 +48,7 @@ PARAMS = MAP_PARAMS + POSE_PARAMS + (
     Param("durable", True, "each keyframe is fsynced before the next (off: durable after save_map)"),
     Param("store_patches", True, "store compact patch features with keyframes (mutual-NN re-ranking)"),
     Param("store_thumbnails", True, "store the descriptor's thumbnail JPEG with keyframes"),
+    Param("map_frame", "map", "frame_id of published keyframes"),
     Param("require_pose", False, "drop frames for which no pose arrives within pose.wait_s"),
     Param("pose.wait_s", 0.3, "how long a frame waits for odometry covering its stamp", 0.0, 10.0),
     Param("keyframe.min_distance_m", 0.5, "new keyframe after moving this far", 0.0, 1e6),
@@ -73,8 +76,7 @@ class MappingNode(Node):
         from ..srv import GetMapInfo, NewSession, SaveMap
 
         self.p = p = declare(self, PARAMS)
-        if not p["map_path"]:
-            raise ParameterError(f"node '{name}': map_path must be set")
+        p["map_path"] = validate_map_path(name, p["map_path"])
         self.stats = RateStats()
         self.gate = KeyframeGate(KeyframeGateConfig(
             min_distance_m=p["keyframe.min_distance_m"], min_rotation_deg=p["keyframe.min_rotation_deg"],
@@ -88,6 +90,9 @@ class MappingNode(Node):
         self._add_lock = threading.Lock()
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
             self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, 50)
+        from ..msg import Keyframe
+
+        self.keyframe_pub = self.create_publisher(Keyframe, "keyframes", 100)
         self.create_service(SaveMap, "save_map", self._save_map)
         self.create_service(NewSession, "new_session", self._new_session)
         self.create_service(GetMapInfo, "get_map_info", self._map_info)
@@ -127,13 +132,12 @@ class MappingNode(Node):
             frame = frame_from_msg(msg)
         except (ValueError, TypeError) as exc:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(f"descriptor rejected: {exc}", throttle_duration_sec=2.0)
+            log_error(self, f"descriptor rejected: {exc}")
             return
         if self.db is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(
-                f"descriptor from encoder {msg.encoder_id} refused: this map was built with encoder "
-                f"{self.map_encoder_id} ({self.db.path})", throttle_duration_sec=5.0)
+            log_error(self, f"descriptor from encoder {msg.encoder_id} refused: this map was built with encoder "
+                f"{self.map_encoder_id} ({self.db.path})")
             return
         self.handle_frame(frame)
 
@@ -173,6 +177,7 @@ class MappingNode(Node):
 
     def _add_locked(self, frame: DescriptorFrame, pose: Any) -> int | None:
         try:
+            self.db.validate_descriptor(frame.descriptor)  # before the gate: bad input is refused, not skipped
             reason = self.gate.check(frame.stamp_ns, pose, frame.descriptor)
             if reason is None:
                 self.stats.inc("frames_skipped")
@@ -182,13 +187,30 @@ class MappingNode(Node):
                               thumbnail=frame.thumbnail if self.p["store_thumbnails"] else None)
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(f"keyframe refused: {exc}", throttle_duration_sec=2.0)
+            log_error(self, f"keyframe refused: {exc}")
+            return None
+        except Exception as exc:  # e.g. the disk filled up: report, keep the node alive
+            self.stats.inc("frames_failed")
+            log_error(self, f"keyframe not added: {type(exc).__name__}: {exc}")
             return None
         self.gate.accept(frame.stamp_ns, pose, frame.descriptor)
+        self._acknowledge(kid, frame, pose)
         self.stats.inc("keyframes_added")
         self.stats.values["map_size"] = str(len(self.db))
         self.get_logger().debug(f"keyframe {kid} ({reason}) pose={'yes' if pose else 'no'}")
         return kid
+
+    def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
+        from builtin_interfaces.msg import Time
+        from geometry_msgs.msg import Pose as PoseMsg
+
+        from ..msg import Keyframe
+        from .conversions import ns_to_stamp, pose_to_msg
+
+        msg = Keyframe(id=int(kid), session=self.db.session, pose=pose_to_msg(pose, PoseMsg), pose_valid=pose is not None)
+        msg.header.stamp = ns_to_stamp(frame.stamp_ns, Time)
+        msg.header.frame_id = self.p["map_frame"]
+        self.keyframe_pub.publish(msg)
 
     # ---- services
     def _save_map(self, req: Any, res: Any) -> Any:

@@ -31,13 +31,14 @@ from .common import (
     DescriptorFrame,
     Diagnostics,
     Param,
-    ParameterError,
     PoseInput,
     RateStats,
     declare,
     encoder_id,
     frame_from_msg,
+    log_error,
     run_node,
+    validate_map_path,
 )
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
 from .mapping_node import index_config
@@ -78,8 +79,7 @@ class RecognitionNode(Node):
         from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
 
         self.p = p = declare(self, PARAMS)
-        if not p["map_path"]:
-            raise ParameterError(f"node '{name}': map_path must be set")
+        p["map_path"] = validate_map_path(name, p["map_path"], must_exist=True)
         self.loop_config = LoopClosureConfig(
             top_k=p["top_k"], min_score=p["loop.min_score"], exclude_recent_count=p["loop.exclude_recent_count"],
             exclude_recent_s=p["loop.exclude_recent_s"], exclude_travelled_m=p["loop.exclude_travelled_m"],
@@ -112,12 +112,12 @@ class RecognitionNode(Node):
         path = self.p["map_path"]
         if not PlaceDatabase.exists(path):
             if self.p["map_wait_s"] and time.monotonic() - self._started > self.p["map_wait_s"]:
-                self.get_logger().error(f"no map at {path} after {self.p['map_wait_s']} s", throttle_duration_sec=30)
+                log_error(self, f"no map at {path} after {self.p['map_wait_s']} s")
             return False
         try:
             db = PlaceDatabase(path, index=index_config(self.p), follower=True)
         except AnyLocError as exc:
-            self.get_logger().error(f"cannot open map: {exc}", throttle_duration_sec=10)
+            log_error(self, f"cannot open map: {exc}")
             return False
         self.recognizer = PlaceRecognizer(db, self.loop_config)  # query patches arrive compressed
         self.map_encoder_id = encoder_id(db.encoder_signature)
@@ -133,12 +133,12 @@ class RecognitionNode(Node):
             frame = frame_from_msg(msg)
         except (ValueError, TypeError) as exc:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(f"descriptor rejected: {exc}", throttle_duration_sec=2.0)
+            log_error(self, f"descriptor rejected: {exc}")
             return
         if self.recognizer is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(f"descriptor from encoder {msg.encoder_id} refused: the map was built with "
-                                    f"encoder {self.map_encoder_id}", throttle_duration_sec=5.0)
+            log_error(self, f"descriptor from encoder {msg.encoder_id} refused: the map was built with "
+                                    f"encoder {self.map_encoder_id}")
             return
         self.handle_frame(frame, msg.header)
 
@@ -148,15 +148,19 @@ class RecognitionNode(Node):
             return None
         rec = self.recognizer
         t0 = time.perf_counter()
-        for kf in rec.db.refresh():  # the mapping node's new keyframes
-            rec.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
         pose = self.poses.at(frame.stamp_ns)
         try:
+            for kf in rec.db.refresh():  # the mapping node's new keyframes
+                rec.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
             result = rec.query(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
                                exclude_sessions=[rec.db.session] if self.p["exclude_current_session"] else None)
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
-            self.get_logger().error(f"query refused: {exc}", throttle_duration_sec=2.0)
+            log_error(self, f"query refused: {exc}")
+            return None
+        except Exception as exc:  # never let one frame stop the node
+            self.stats.inc("frames_failed")
+            log_error(self, f"query failed: {type(exc).__name__}: {exc}")
             return None
         self.stats.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.stats.inc("queries")
