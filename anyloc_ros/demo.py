@@ -52,7 +52,7 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
     params = write_params(workdir / "params.yaml", {
         "/**": {"map_path": str(map_dir), "pose_source": "odom"},
         "encoder_node": {"encoder_config": str(Path(encoder_config).resolve()), "vocabulary": str(vocab),
-                         "device": device, "queue_size": 20},
+                         "device": device, "queue_size": 20, "qos_reliable": True},
         "mapping_node": {"session": "traversal_1"},
         "recognition_node": {"exclude_current_session": True},
     })

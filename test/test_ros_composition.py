@@ -23,7 +23,8 @@ def test_composed_pipeline_maps_and_recognises(tmp_path, corridor_vocab, corrido
     pfile = write_params(tmp_path / "p.yaml", {
         "/**": {"map_path": str(tmp_path / "map"), "pose_source": "odom"},
         "encoder_node": {"encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"),
-                         "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20},
+                         "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20,
+                         "qos_reliable": True},
         "recognition_node": {"exclude_current_session": True},
     })
     proc = NodeProcess("composition", pfile, tmp_path, "-p", "mode:=full", name="pipeline")

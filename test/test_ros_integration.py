@@ -23,7 +23,8 @@ def params(tmp_path_factory, corridor_vocab):
     path = write_params(d / "params.yaml", {
         "/**": {"map_path": str(d / "map"), "pose_source": "odom"},
         "encoder_node": {"encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"),
-                         "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20},
+                         "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20,
+                         "qos_reliable": True},
         "mapping_node": {"session": "corridor_map", "keyframe.min_distance_m": 0.5},
         "recognition_node": {"exclude_current_session": True, "loop.consistency": 3, "loop.rerank": True,
                              "publish_debug_image": True},

@@ -16,6 +16,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def recall_curve(results: list[dict], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -23,12 +32,7 @@ def recall_curve(results: list[dict], path: Path) -> Path:
         ks = sorted(int(k.split("@")[1]) for k in r if k.startswith("recall@"))
         ax.plot(ks, [r[f"recall@{k}"] for k in ks], marker="o", label=r.get("label", "anyloc"))
     ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), xscale="log", title="Recall@K")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def pr_curve(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -37,12 +41,7 @@ def pr_curve(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Pa
     for label, recall, precision in curves:
         ax.step(recall, precision, where="post", label=label)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Best-match precision-recall")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def similarity_matrix(similarity: np.ndarray, positives: list[set[int]], path: Path) -> Path:

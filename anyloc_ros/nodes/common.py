@@ -289,24 +289,29 @@ class PoseInput:
 
 
 def run_node(factory: Any, args: list[str] | None = None) -> int:
-    """Standard main(): init, construct (parameter errors -> one clear message), spin, shut down."""
+    """Standard main(): init, construct the node (or list of nodes: one multi-threaded executor),
+    spin, shut down. Start-up errors (bad parameters, missing weights) print one clear message."""
     import sys
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     rclpy.init(args=args)
-    node = None
+    nodes: list[Any] = []
     try:
-        node = factory()
-        rclpy.spin(node)
+        made = factory()
+        nodes = list(made) if isinstance(made, (list, tuple)) else [made]
+        executor = MultiThreadedExecutor(num_threads=2) if len(nodes) > 1 else SingleThreadedExecutor()
+        for n in nodes:
+            executor.add_node(n)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except AnyLocError as exc:
         print(f"[anyloc_ros] start-up error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if node is not None:
+        for node in nodes:
             close = getattr(node, "close", None)
             if close:
                 close()

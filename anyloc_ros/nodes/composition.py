@@ -10,7 +10,6 @@ The three nodes keep their names, so the same params file configures both deploy
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from .common import DescriptorFrame
@@ -42,37 +41,23 @@ def build(mode: str = "full") -> list[Any]:
     return nodes
 
 
-def main(args: list[str] | None = None) -> int:
+def _pipeline() -> list[Any]:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     from ..core.errors import AnyLocError
 
-    rclpy.init(args=args)
     mode_node = rclpy.create_node("anyloc_pipeline")
     mode = mode_node.declare_parameter("mode", "full").value
-    nodes: list[Any] = []
-    try:
-        if mode not in ("full", "mapping", "localization"):
-            raise AnyLocError(f"mode must be full, mapping or localization, got {mode!r}")
-        nodes = build(mode)
-        executor = MultiThreadedExecutor(num_threads=2)
-        for n in [mode_node, *nodes]:
-            executor.add_node(n)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except AnyLocError as exc:
-        print(f"[anyloc_ros] start-up error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        for n in nodes:
-            n.close()
-            n.destroy_node()
+    if mode not in ("full", "mapping", "localization"):
         mode_node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+        raise AnyLocError(f"mode must be full, mapping or localization, got {mode!r}")
+    return [mode_node, *build(mode)]
+
+
+def main(args: list[str] | None = None) -> int:
+    from .common import run_node
+
+    return run_node(_pipeline, args)
 
 
 if __name__ == "__main__":

@@ -189,15 +189,18 @@ def odom_msg(stamp_ns: int, x: float, y: float = 0.0):
 
 def publish_traversal(driver: DriverNode, image_pub: Any, odom_pub: Any, images: list, t0_s: float,
                       positions: list[tuple[float, float]], done_before: int, topic: str = "place_matches",
-                      timeout: float = 30.0) -> None:
+                      timeout: float = 30.0, attempts: int = 3) -> None:
     """Publish odometry then image for each frame (1 frame/s of stamp time), lock-step: wait
-    for the frame's output on `topic` before the next, so nothing is dropped for speed."""
+    for the frame's output on `topic` before the next, so nothing is dropped for speed. A frame
+    lost in transit (e.g. right after discovery) is sent again, up to `attempts` times."""
     for i, im in enumerate(images):
         stamp = int((t0_s + i) * 1_000_000_000)
-        if odom_pub is not None:
-            odom_pub.publish(odom_msg(stamp, *positions[i]))
-            time.sleep(0.01)
-        image_pub.publish(image_msg(im, stamp))
-        got = driver.wait_for(topic, done_before + i + 1, timeout=timeout)
-        if len(got) < done_before + i + 1:
+        for _attempt in range(attempts):
+            if odom_pub is not None:
+                odom_pub.publish(odom_msg(stamp, *positions[i]))
+                time.sleep(0.01)
+            image_pub.publish(image_msg(im, stamp))
+            if len(driver.wait_for(topic, done_before + i + 1, timeout=timeout / attempts)) >= done_before + i + 1:
+                break
+        else:
             raise TimeoutError(f"no output on {topic} for frame {i} within {timeout} s")
