@@ -46,3 +46,28 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     assert r.returncode == 2 and "vocabulary is required" in r.stderr
     r = anyloc("encode", "--preset", "dinov2_vits14_gem", "--images", str(empty), "--output", str(tmp_path / "x.npz"))
     assert r.returncode == 2 and "hf download" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_onnx_command_roundtrip(tmp_path):
+    """`anyloc export-onnx` on a DINOv2 config (tiny random model in a local directory)."""
+    import torch
+
+    from anyloc_ros.core.backbones import Dinov2Backbone, OnnxBackbone
+
+    from .test_backbones import save_tiny_dinov2
+
+    save_tiny_dinov2(tmp_path / "tiny")
+    (tmp_path / "enc.yaml").write_text("backbone: {type: dinov2, model: tiny, layer: 2, facet: value, max_side: 70}\n"
+                                       "aggregation: {type: gem}\n")
+    r = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "x.onnx"),
+               "--height", "56", "--width", "70")
+    assert r.returncode == 0, r.stderr
+    assert "layer 2 facet value" in r.stdout and (tmp_path / "x.json").is_file()
+    onnx_bb = OnnxBackbone(tmp_path / "x.onnx", output_layout="nhwc", mean=(0.485, 0.456, 0.406),
+                           std=(0.229, 0.224, 0.225), max_side=70, device="cpu")
+    ref = Dinov2Backbone(str(tmp_path / "tiny"), layer=2, facet="value", max_side=70, device="cpu")
+    img = np.random.default_rng(0).integers(0, 255, (42, 70, 3), dtype=np.uint8)
+    torch.testing.assert_close(onnx_bb.extract([img]), ref.extract([img]), atol=1e-4, rtol=1e-4)
+    bad = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "y.onnx"),
+                 "--height", "50", "--width", "70")
+    assert bad.returncode == 2 and "multiples of the patch size 14" in bad.stderr
