@@ -113,7 +113,7 @@ def main() -> None:
     faiss.omp_set_num_threads(2)
     rows: list = []
     sizes = [(10_000, 512), (100_000, 512)] + ([] if args.quick else [(1_000_000, 512)])
-    sizes += [(10_000, 49152)] + ([] if args.quick else [(30_000, 49152)])
+    sizes += [(10_000, 49152)]  # raw VLAD: 196 KB per keyframe; IVF k-means at 49k-D dominates the run time
     for n, d in sizes:
         t = time.perf_counter()
         bench(n, d, rows, hnsw_m=16 if n >= 1_000_000 else 32, hnsw_efc=80 if n >= 1_000_000 else 200)

@@ -127,3 +127,18 @@ def test_config_validation():
     cfg = EncoderConfig.from_dict({"preset": "dinov2_vitg14_vlad"})
     assert (cfg.backbone.model, cfg.backbone.layer, cfg.backbone.facet) == ("vitg14", 31, "value")
     assert cfg.aggregation.type == "vlad" and cfg.aggregation.mode == "hard"
+
+
+@pytest.mark.parametrize("src,size", [((48, 64), (48, 64)), ((30, 20), (56, 42)), ((200, 300), (28, 42))])
+def test_normalisation_matches_its_definition(src, size):
+    import cv2
+
+    from anyloc_ros.core.images import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
+
+    img = np.random.default_rng(0).integers(0, 256, (*src, 3), dtype=np.uint8)
+    out = to_normalized_tensor([img, img[::-1].copy()], size).numpy()
+    assert out.shape == (2, 3, *size) and out.dtype == np.float32
+    interp = cv2.INTER_AREA if src[0] * src[1] > size[0] * size[1] else cv2.INTER_LINEAR
+    r = cv2.resize(img, size[::-1], interpolation=interp) if src != size else img
+    ref = ((r / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
+    np.testing.assert_allclose(out[0], ref, atol=1e-5)

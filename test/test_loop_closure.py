@@ -158,3 +158,18 @@ def test_recency_exclusion_prevents_closures_to_recent_frames(tmp_path, corridor
     recent = lambda loops: [(i, kid) for i, kid, _ in loops if (i + 1) - kid < 30]  # noqa: E731  (age < 30 s)
     assert recent(with_exclusion) == []
     assert len(recent(without)) > 50
+
+
+def test_batched_rerank_equals_pairwise_mutual_nn():
+    from anyloc_ros.core.rerank import rerank
+
+    rng = np.random.default_rng(3)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    q = unit(rng.normal(size=(60, 8)))
+    cands = [unit(q[rng.permutation(60)[:n]] + s * rng.normal(size=(n, 8))) for n, s in ((60, 0.05), (30, 0.5), (45, 1.0))]
+    matches = [Match(i + 1, 0.5 + 0.1 * i) for i in range(4)]
+    out = rerank(q, matches, [*cands, None])
+    expected = {i + 1: mutual_nn_count(q, c) for i, c in enumerate(cands)}
+    assert {m.keyframe_id: m.rerank_score for m in out if m.keyframe_id in expected} == expected
+    assert out[-1].keyframe_id == 4 and out[-1].rerank_score == -1.0
+    assert [m.rerank_score for m in out[:3]] == sorted(expected.values(), reverse=True)

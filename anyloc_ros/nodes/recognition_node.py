@@ -46,6 +46,8 @@ from .mapping_node import index_config
 PARAMS = MAP_PARAMS + POSE_PARAMS + (
     Param("map_frame", "map", "frame_id of published poses and markers"),
     Param("top_k", 10, "map keyframes retrieved per query", 1, 1000),
+    Param("descriptor_queue", 2, "descriptors waiting to be recognised; older ones are dropped (counted) so "
+          "matches stay current", 1, 1000),
     Param("exclude_current_session", False, "only match keyframes of earlier sessions (traversals)"),
     Param("loop.min_score", 0.0, "cosine similarity the best candidate must reach", -1.0, 1.0),
     Param("loop.exclude_recent_count", 50, "the newest N keyframes of the current session are never candidates",
@@ -100,7 +102,12 @@ class RecognitionNode(Node):
         self.marker_pub = self.create_publisher(MarkerArray, "loop_closure_markers", 10) if p["publish_markers"] else None
         self.image_pub = self.create_publisher(Image, "match_image", 2) if p["publish_debug_image"] else None
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
-            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, 50)
+            from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+            qos = QoSProfile(depth=p["descriptor_queue"], history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, qos)
+        self._last_seq: int | None = None
         self.diagnostics = Diagnostics(self, "recognition", self.stats)
         if not self._try_open():
             self.get_logger().info(f"waiting for a map at {p['map_path']}")
@@ -143,6 +150,9 @@ class RecognitionNode(Node):
         self.handle_frame(frame, msg.header)
 
     def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> RecognitionResult | None:
+        if self._last_seq is not None and frame.seq > self._last_seq + 1:
+            self.stats.inc("frames_dropped", frame.seq - self._last_seq - 1)  # overwritten in the bounded queue
+        self._last_seq = frame.seq
         if self.recognizer is None and not self._try_open():
             self.stats.inc("frames_without_map")
             return None
