@@ -203,6 +203,23 @@ def frame_from_msg(msg: Any) -> DescriptorFrame:
                            patches, thumb, float(msg.encode_ms))
 
 
+def accept_descriptor(node: Node, msg: Any, stats: RateStats, map_encoder_id: str) -> DescriptorFrame | None:
+    """A PlaceDescriptor message as a frame, or None (logged, counted) when it is malformed or
+    comes from another encoder than the map's (`map_encoder_id`, empty while no map is open)."""
+    try:
+        frame = frame_from_msg(msg)
+    except (ValueError, TypeError) as exc:
+        stats.inc("frames_rejected")
+        log_error(node, f"descriptor rejected: {exc}")
+        return None
+    if map_encoder_id and msg.encoder_id and msg.encoder_id != map_encoder_id:
+        stats.inc("frames_rejected")
+        log_error(node, f"descriptor from encoder {msg.encoder_id} refused: the map was built with encoder "
+                        f"{map_encoder_id}")
+        return None
+    return frame
+
+
 class RateStats:
     """Counters and a short latency window for diagnostics."""
 

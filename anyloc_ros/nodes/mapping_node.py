@@ -33,9 +33,9 @@ from .common import (
     Param,
     PoseInput,
     RateStats,
+    accept_descriptor,
     declare,
     encoder_id,
-    frame_from_msg,
     latched_qos,
     log_error,
     run_node,
@@ -128,18 +128,9 @@ class MappingNode(Node):
 
     # ---- input
     def _on_descriptor(self, msg: Any) -> None:
-        try:
-            frame = frame_from_msg(msg)
-        except (ValueError, TypeError) as exc:
-            self.stats.inc("frames_rejected")
-            log_error(self, f"descriptor rejected: {exc}")
-            return
-        if self.db is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
-            self.stats.inc("frames_rejected")
-            log_error(self, f"descriptor from encoder {msg.encoder_id} refused: this map was built with encoder "
-                f"{self.map_encoder_id} ({self.db.path})")
-            return
-        self.handle_frame(frame)
+        frame = accept_descriptor(self, msg, self.stats, self.map_encoder_id)
+        if frame is not None:
+            self.handle_frame(frame)
 
     def handle_frame(self, frame: DescriptorFrame) -> int | None:
         """Decide on and add one keyframe (returns its id), or queue it until its pose arrives."""

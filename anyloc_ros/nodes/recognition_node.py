@@ -33,9 +33,9 @@ from .common import (
     Param,
     PoseInput,
     RateStats,
+    accept_descriptor,
     declare,
     encoder_id,
-    frame_from_msg,
     log_error,
     run_node,
     validate_map_path,
@@ -136,18 +136,9 @@ class RecognitionNode(Node):
         return True
 
     def _on_descriptor(self, msg: Any) -> None:
-        try:
-            frame = frame_from_msg(msg)
-        except (ValueError, TypeError) as exc:
-            self.stats.inc("frames_rejected")
-            log_error(self, f"descriptor rejected: {exc}")
-            return
-        if self.recognizer is not None and msg.encoder_id and msg.encoder_id != self.map_encoder_id:
-            self.stats.inc("frames_rejected")
-            log_error(self, f"descriptor from encoder {msg.encoder_id} refused: the map was built with "
-                                    f"encoder {self.map_encoder_id}")
-            return
-        self.handle_frame(frame, msg.header)
+        frame = accept_descriptor(self, msg, self.stats, self.map_encoder_id)
+        if frame is not None:
+            self.handle_frame(frame, msg.header)
 
     def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> RecognitionResult | None:
         if self._last_seq is not None and frame.seq > self._last_seq + 1:
