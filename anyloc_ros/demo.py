@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,27 @@ import numpy as np
 from .core.errors import AnyLocError
 
 
+def _candidates(relative: str) -> list[Path]:
+    """Where a repository-relative path may be: the working directory (the README runs from
+    the repository root), the source tree this module belongs to, the ament share directory."""
+    from .nodes.process import REPO, _share_dir
+
+    return [Path.cwd() / relative, REPO / relative, _share_dir() / relative]
+
+
 def default_data_dir() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    env = os.environ.get("ANYLOC_SHARED_DATA")
+    if env:
+        return Path(env)
+    found = [c for c in _candidates("../shared/data") if c.is_dir()]
+    return (found or _candidates("../shared/data"))[0].resolve()
+
+
+def default_config() -> Path:
+    found = [c for c in _candidates("config/encoders/xfeat_vlad.yaml") if c.is_file()]
+    if not found:
+        raise AnyLocError("config/encoders/xfeat_vlad.yaml not found: run from the repository root or pass --config")
+    return found[0]
 
 
 def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu", clusters: int = 32,
@@ -35,6 +55,7 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
     from .nodes.process import DriverNode, NodeProcess, isolated_dds_env, publish_traversal, write_params
 
     ds = load_folder_dataset(data / "ref", data / "query", data / "ground_truth.csv")
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     vocab = workdir / f"vocab_k{clusters}.npz"
     cfg = EncoderConfig.from_yaml(encoder_config)
@@ -72,8 +93,9 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
         driver.watch(LoopClosure, "loop_closures")
         img_pub = driver.node.create_publisher(Image, "image", 10)
         odom_pub = driver.node.create_publisher(Odometry, "odom", 100)
-        driver.wait_matched(img_pub, 1, 120)
-        driver.wait_matched(odom_pub, 2, 120)
+        driver.wait_matched(img_pub, 1, 120, nodes)
+        driver.wait_matched(odom_pub, 2, 120, nodes)
+        driver.wait_graph("descriptors", 1, 2)  # encoder -> mapping + recognition
         refs = [load_image(p) for p in ds.database]
         queries = [load_image(p) for p in ds.queries]
         print(f"[3/4] traversal 1: {len(refs)} images -> map; traversal 2: {len(queries)} images -> recognition",
@@ -92,10 +114,11 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
         for n in nodes:
             n.stop()
         driver.close()
-    ranked = {m.query_stamp.sec - 5000: [k - 1 for k in m.keyframe_ids] for m in matches}  # ids 1.. = map order
+    # map image index from the keyframe's stamp (map traversal stamped 1000 + i s)
+    ranked = {m.query_stamp.sec - 5000: [t.sec - 1000 for t in m.keyframe_stamps] for m in matches}
     recall = {k: float(np.mean([bool(set(ranked.get(i, [])[:k]) & ds.positives[i]) for i in range(len(queries))]))
               for k in (1, 5)}
-    correct = [lc for lc in loops if (lc.match_id - 1) in ds.positives[lc.query_stamp.sec - 5000]]
+    correct = [lc for lc in loops if (lc.match_stamp.sec - 1000) in ds.positives[lc.query_stamp.sec - 5000]]
     summary = {
         "dataset": str(data), "map_keyframes": int(info.keyframes), "sessions": int(info.sessions),
         "map_saved": bool(saved.success), "map_path": str(map_dir), "encoder_id": info.encoder_id,
@@ -135,7 +158,6 @@ def _cmd(args: Any) -> int:
     data = Path(args.data)
     if not data.is_dir():
         raise AnyLocError(f"demo data not found: {data} (expected ../shared/data/corridor beside the repository)")
-    config = Path(args.config) if args.config else Path(__file__).resolve().parents[1] / "config" / "encoders" / \
-        "xfeat_vlad.yaml"
+    config = Path(args.config) if args.config else default_config()
     run_demo(data, Path(args.workdir), config, args.device, quiet=args.quiet)
     return 0

@@ -78,9 +78,8 @@ def main() -> None:
         driver.watch(PlaceMatch, "place_matches", 1000)
         pub = driver.node.create_publisher(Image, "image", 10)
         driver.wait_matched(pub, 1, 120)
-        while driver.node.count_publishers("place_matches") < 1:
-            time.sleep(0.05)
-        time.sleep(1.0)
+        driver.wait_graph("descriptors", 1, 1)
+        driver.wait_graph("place_matches", 1, 1)
 
         def run(rate_hz: float, seconds: float, stamp0: int) -> tuple[list[float], int, int]:
             sent = {}

@@ -58,6 +58,7 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
         op = t.node.create_publisher(Odometry, "odom", 100)
         t.wait_matched(ip, 1, 60)
         t.wait_matched(op, 2, 60)
+        t.wait_graph("descriptors", 1, 2)  # encoder -> mapping + recognition
         refs, queries = corridor_images["ref"], corridor_images["query"]
 
         # 1. map traversal, 1 m apart: every frame becomes a keyframe

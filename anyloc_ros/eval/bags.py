@@ -255,13 +255,11 @@ def replay_dds(bag: Path, params_file: Path, map_path: Path, localization: bool,
         if odoms:
             odom_pub = driver.node.create_publisher(Odometry if odoms[0].msgtype == ODOM_TYPES[0] else PoseStamped,
                                                     "odom" if odoms[0].msgtype == ODOM_TYPES[0] else "pose", 1000)
-        driver.wait_matched(img_pub, 1, 120)
+        driver.wait_matched(img_pub, 1, 120, nodes)
         if odom_pub is not None:
             driver.wait_matched(odom_pub, len(names) - 1, 120)
-        deadline = time.monotonic() + 120
-        while driver.node.count_publishers("place_matches") < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        driver.wait_graph("descriptors", 1, len(names) - 1, 120)  # encoder -> recognition (+ mapping)
+        driver.wait_graph("place_matches", 1, 1, 120)
         sent: dict[int, float] = {}
         start_wall, start_bag = time.monotonic(), messages[0].stamp_ns
         for m in messages:

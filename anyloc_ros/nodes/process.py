@@ -60,10 +60,11 @@ class NodeProcess:
     def __init__(self, module: str, params_file: Path, log_dir: Path, *extra: str, name: str | None = None) -> None:
         self.name = name or module
         self.log = log_dir / f"{self.name}-{int(time.time() * 1000)}.log"
-        args = [sys.executable, "-m", f"anyloc_ros.nodes.{module}", "--ros-args", "--params-file", str(params_file),
-                *extra]
+        args = [sys.executable, "-m", f"anyloc_ros.nodes.{module}", "--ros-args", "--params-file",
+                str(Path(params_file).resolve()), *extra]
         self._fh = self.log.open("w")
-        self.proc = subprocess.Popen(args, cwd=REPO if REPO.is_dir() else None, env=ros_env(), stdout=self._fh,
+        source_tree = (REPO / "anyloc_ros" / "__init__.py").is_file()
+        self.proc = subprocess.Popen(args, cwd=REPO if source_tree else None, env=ros_env(), stdout=self._fh,
                                      stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -133,12 +134,28 @@ class DriverNode:
         with self._cv:
             return list(self._arrivals[topic])
 
-    def wait_matched(self, publisher: Any, n: int = 1, timeout: float = 30.0) -> None:
+    def wait_matched(self, publisher: Any, n: int = 1, timeout: float = 30.0,
+                     processes: list[NodeProcess] | None = None) -> None:
+        """Wait for `n` subscribers; fail at once (with its log) if one of `processes` died."""
         deadline = time.monotonic() + timeout
         while publisher.get_subscription_count() < n:
+            for p in processes or []:
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} exited with code {p.proc.returncode}:\n{p.output()[-2000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no subscriber on {publisher.topic_name} after {timeout} s")
             time.sleep(0.05)
+
+    def wait_graph(self, topic: str, publishers: int, subscribers: int, timeout: float = 60.0) -> None:
+        """Wait until `topic` has this many publishers and subscribers (between the nodes under
+        test, e.g. encoder -> mapping + recognition), plus a moment for the endpoints to match."""
+        deadline = time.monotonic() + timeout
+        while (self.node.count_publishers(topic) < publishers or self.node.count_subscribers(topic) < subscribers):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {self.node.count_publishers(topic)} publishers / "
+                                   f"{self.node.count_subscribers(topic)} subscribers after {timeout} s")
+            time.sleep(0.05)
+        time.sleep(0.5)
 
     def call(self, srv_type: Any, name: str, request: Any, timeout: float = 30.0) -> Any:
         client = self.node.create_client(srv_type, name)
