@@ -99,7 +99,9 @@ def test_bad_descriptors_and_odometry_are_refused_and_nodes_keep_serving(tmp_pat
 
     pfile = write_params(tmp_path / "p.yaml", {"/**": {"map_path": str(tmp_path / "map"), "pose_source": "odom",
                                                        "keyframe.min_distance_m": 0.0, "pose.wait_s": 0.5,
-                                                       "loop.rerank": False}})
+                                                       "loop.rerank": False,
+                                                       # every bad message must reach the node (no queue drops)
+                                                       "descriptor_queue": 50}})
     t = DriverNode()
     mapping = NodeProcess("mapping_node", pfile, tmp_path)
     recog = NodeProcess("recognition_node", pfile, tmp_path)
