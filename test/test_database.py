@@ -91,6 +91,18 @@ def test_corrupt_database_is_a_clear_error_naming_the_file(tmp_path):
         PlaceDatabase(tmp_path, SIG)
 
 
+def test_zero_length_database_is_refused_not_replaced(tmp_path):
+    with PlaceDatabase(tmp_path, SIG) as db:
+        db.add_many(unit(5), list(range(5)))
+    dbf = tmp_path / PlaceDatabase.DB_FILE
+    for wal in tmp_path.glob("map.sqlite-*"):
+        wal.unlink()
+    dbf.write_bytes(b"")  # power cut
+    with pytest.raises(MapError, match=f"map database {dbf} is empty or truncated"):
+        PlaceDatabase(tmp_path, SIG)
+    assert dbf.stat().st_size == 0  # nothing was written over it
+
+
 def test_sessions_filters_and_removal(tmp_path):
     x = unit(40)
     db = PlaceDatabase(tmp_path, SIG, session="a")

@@ -148,7 +148,8 @@ class PlaceDatabase:
         self._lock = threading.RLock()
         self._adds_since_save = 0
         db_file = self.path / self.DB_FILE
-        if not db_file.exists():
+        self._existed = db_file.exists()
+        if not self._existed:
             if not create or follower:
                 raise MapError(f"no map at {self.path} (missing {db_file})")
             if encoder_signature is None:
@@ -176,16 +177,19 @@ class PlaceDatabase:
 
     # ---------------------------------------------------------------- storage
     def _connect(self, db_file: Path) -> sqlite3.Connection:
+        if self._existed and db_file.stat().st_size == 0:
+            raise MapError(f"map database {db_file} is empty or truncated (no map metadata); restore it from a "
+                           "backup, or remove the map directory to start a new map")
         try:
             conn = sqlite3.connect(db_file, check_same_thread=False, isolation_level=None, timeout=30)
+            # Damaged text must not raise deep inside a query later: show it, replaced.
+            conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]  # before anything writes to the file
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             conn.executescript(_SCHEMA)
-            # Damaged text must not raise deep inside a query later: show it, replaced.
-            conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         except sqlite3.DatabaseError as exc:
             raise MapError(f"map database {db_file} is corrupt or not a map ({exc}); restore it from a backup") from exc
         return conn
@@ -200,6 +204,9 @@ class PlaceDatabase:
     def _init_meta(self, signature: dict[str, Any] | None) -> None:
         fmt = self._meta("format")
         if fmt is None:
+            if self._existed:  # e.g. a zero-length file after a power cut: never start over silently
+                raise MapError(f"map database {self.path / self.DB_FILE} is empty or truncated (no map metadata); "
+                               "restore it from a backup, or remove the map directory to start a new map")
             if signature is None:
                 raise MapError(f"{self.path / self.DB_FILE} has no map metadata")
             if not signature.get("dim"):
