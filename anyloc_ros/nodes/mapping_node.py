@@ -136,7 +136,9 @@ class MappingNode(Node):
         """Decide on and add one keyframe (returns its id), or queue it until its pose arrives."""
         pose = self.poses.at(frame.stamp_ns)
         waiting_for_pose = pose is None and self.poses.source != "none" and self.p["pose.wait_s"] > 0
-        if self.db is None or waiting_for_pose:
+        # Frames are added in stamp order: while earlier ones wait for their pose, later ones queue
+        # behind them (the keyframe gate would otherwise see time going backwards and skip them).
+        if self.db is None or waiting_for_pose or self._pending:
             with self._lock:
                 if len(self._pending) == self._pending.maxlen:
                     self.stats.inc("frames_dropped_waiting_for_pose")
