@@ -75,21 +75,14 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
 
 
 def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool) -> tuple[np.ndarray, list[Path], Any]:
-    from tqdm import tqdm
-
     from .core.encoder import Encoder
-    from .core.images import list_images, load_image
+    from .core.images import list_images
+    from .eval.evaluate import encode_images
 
     encoder = Encoder.from_config(cfg)
     paths = list_images(folder)
-    out = np.empty((len(paths), encoder.dim), dtype=np.float32)
-    bs = cfg.batch_size
-    with tqdm(total=len(paths), desc="encode", unit="img", disable=quiet) as bar:
-        for i in range(0, len(paths), bs):
-            chunk = paths[i : i + bs]
-            out[i : i + len(chunk)] = encoder.encode([load_image(p) for p in chunk])
-            bar.update(len(chunk))
-    return out, paths, encoder
+    descriptors, _, _ = encode_images(encoder, paths, None, "encode", progress=not quiet)
+    return descriptors, paths, encoder
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

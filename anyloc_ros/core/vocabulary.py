@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,6 @@ def build_vocabulary(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
-    on_batch: Callable[[int], None] | None = None,
 ) -> Vocabulary:
     """Build a vocabulary from images with a dense backbone (features never all held at once)."""
     from tqdm import tqdm
@@ -219,8 +218,6 @@ def build_vocabulary(
             for f in feats:
                 yield f.reshape(-1, f.shape[-1]).numpy()
             bar.update(len(imgs))
-            if on_batch:
-                on_batch(len(imgs))
 
     try:
         centers, info = fit_vocabulary(stream(), num_clusters, samples_per_image, max_samples, niter, seed)

@@ -171,6 +171,17 @@ class ReplayResult:
         return {f.stamp_ns: (f.top_ids[0] if f.top_ids else None) for f in self.frames}
 
 
+def bag_poses(messages: list[BagMessage]) -> Any:
+    """All odometry of a bag in one PoseBuffer (the nodes wait for the pose covering each image)."""
+    from ..core.pose_buffer import PoseBuffer
+
+    buf = PoseBuffer(max_age_s=1e9)
+    for m in messages:
+        if m.msgtype in ODOM_TYPES:
+            buf.add(*_pose_of(m))
+    return buf
+
+
 def _pose_of(m: BagMessage):
     from ..nodes.conversions import pose_from_msg, stamp_to_ns
 
@@ -178,24 +189,19 @@ def _pose_of(m: BagMessage):
     return stamp_to_ns(m.msg.header.stamp), pose_from_msg(p)
 
 
-def replay_offline(bag: Path, encoder_config: Any, map_path: Path, localization: bool, image_topic: str | None,
-                   odom_topic: str | None, loop: Any, gate: Any, rerank_patches: tuple[int, int] = (64, 32)
+def replay_offline(messages: list[BagMessage], encoder_config: Any, map_path: Path, localization: bool,
+                   loop: Any, gate: Any, rerank_patches: tuple[int, int] = (64, 32)
                    ) -> ReplayResult:
     """The nodes' logic without DDS: encode -> recognise (query first) -> keyframe gate -> add."""
     from ..core.database import PlaceDatabase
     from ..core.encoder import Encoder
     from ..core.loop_closure import KeyframeGate
-    from ..core.pose_buffer import PoseBuffer
     from ..core.recognition import PlaceRecognizer
     from ..core.rerank import PatchCompressor
     from ..nodes.conversions import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
 
-    messages = list(read_bag(bag, image_topic, odom_topic))
     encoder = Encoder.from_config(encoder_config)
-    poses = PoseBuffer(max_age_s=1e9)
-    for m in messages:  # all odometry first: the nodes wait for the pose covering each image
-        if m.msgtype in ODOM_TYPES:
-            poses.add(*_pose_of(m))
+    poses = bag_poses(messages)
     db = PlaceDatabase(map_path, None if localization else encoder.signature(), follower=localization)
     if not localization:
         db.new_session()
@@ -224,13 +230,11 @@ def replay_offline(bag: Path, encoder_config: Any, map_path: Path, localization:
     return result
 
 
-def replay_dds(bag: Path, params_file: Path, map_path: Path, localization: bool, image_topic: str | None,
-               odom_topic: str | None, rate: float, workdir: Path, timeout: float = 60.0) -> ReplayResult:
+def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool, rate: float, workdir: Path, timeout: float = 60.0) -> ReplayResult:
     """Publish the bag's raw CDR messages at the recorded (scaled) rate into the real nodes."""
     from ..nodes.conversions import stamp_to_ns
     from ..nodes.process import DriverNode, NodeProcess
 
-    messages = list(read_bag(bag, image_topic, odom_topic))
     images = [m for m in messages if m.msgtype in IMAGE_TYPES]
     names = ["encoder_node", "recognition_node"] + ([] if localization else ["mapping_node"])
     transport = "compressed" if images and images[0].msgtype == IMAGE_TYPES[1] else "raw"
@@ -398,24 +402,19 @@ def _cmd_replay(args: Any) -> int:
     if not localization and map_path.exists():
         shutil.rmtree(map_path)
     params, loop, gate = node_params(args, Path(args.config).resolve(), out)
-    next(read_bag(bag, args.image_topic, args.odom_topic), None)  # fail early on a missing topic
+    messages = list(read_bag(bag, args.image_topic, args.odom_topic))  # read once; fails early on a missing topic
     if args.offline:
-        result = replay_offline(bag, cfg, map_path, localization, args.image_topic, args.odom_topic, loop, gate)
+        result = replay_offline(messages, cfg, map_path, localization, loop, gate)
     else:
         from ..nodes.process import isolated_dds_env
 
         isolated_dds_env()
-        result = replay_dds(bag, params, map_path, localization, args.image_topic, args.odom_topic, args.rate, out)
-    from ..core.pose_buffer import PoseBuffer
+        result = replay_dds(messages, params, map_path, localization, args.rate, out)
     from ..nodes.conversions import stamp_to_ns
 
-    msgs = list(read_bag(bag, args.image_topic, args.odom_topic))
-    buf = PoseBuffer(max_age_s=1e9)
-    for m in msgs:
-        if m.msgtype in ODOM_TYPES:
-            buf.add(*_pose_of(m))
+    buf = bag_poses(messages)
     poses = {stamp_to_ns(m.msg.header.stamp): buf.at(stamp_to_ns(m.msg.header.stamp))
-             for m in msgs if m.msgtype in IMAGE_TYPES}
+             for m in messages if m.msgtype in IMAGE_TYPES}
     # against a saved map every revisit counts; within one run only those far apart in time
     report = loop_ground_truth(result, map_path, poses, args.loop_radius, 0.0 if localization else args.loop_min_gap)
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
