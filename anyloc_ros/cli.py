@@ -74,14 +74,24 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool) -> tuple[np.ndarray, list[Path], Any]:
+def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool = False
+                   ) -> tuple[np.ndarray, list[Path], Any]:
+    """Descriptors of a folder's images; with skip_bad, unreadable images are left out and reported."""
     from .core.encoder import Encoder
     from .core.images import list_images
     from .eval.evaluate import encode_images
 
     encoder = Encoder.from_config(cfg)
     paths = list_images(folder)
-    descriptors, _, _ = encode_images(encoder, paths, None, "encode", progress=not quiet)
+    skipped: list[tuple[Path, str]] | None = [] if skip_bad else None
+    descriptors, _, _ = encode_images(encoder, paths, None, "encode", progress=not quiet, skipped=skipped)
+    if skipped:
+        for p, why in skipped:
+            print(f"skipped {p}: {why}", file=sys.stderr)
+        keep = np.isfinite(descriptors).all(axis=1)
+        descriptors, paths = descriptors[keep], [p for p, k in zip(paths, keep, strict=True) if k]
+        if not len(paths):
+            raise AnyLocError(f"no readable images in {folder} ({len(skipped)} skipped)")
     return descriptors, paths, encoder
 
 
@@ -89,7 +99,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .core.fileio import save_npz
 
     cfg = _encoder_config(args)
-    desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet)
+    desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet, args.skip_bad)
     meta = {"encoder": encoder.signature(), "images": [p.name for p in paths], "source": str(Path(args.images))}
     save_npz(args.output, meta, descriptors=desc)
     print(f"encoded {len(paths)} images -> {desc.shape[1]}-D descriptors in {args.output}")
@@ -101,9 +111,10 @@ def cmd_fit_pca(args: argparse.Namespace) -> int:
 
     cfg = _encoder_config(args)
     cfg.projection.pca = None  # fit on the un-projected descriptors
-    desc, paths, _ = _encode_folder(cfg, args.images, args.quiet)
+    desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet, args.skip_bad)
     pca = PCA.fit(desc, args.dim, whiten=args.whiten)
     pca.metadata["source_images"] = str(args.images)
+    pca.metadata["fitted_on"] = encoder.pca_binding()  # so a PCA is never used with another vocabulary
     pca.save(args.output)
     print(f"PCA {pca.input_dim} -> {pca.output_dim} (whiten={args.whiten}) from {len(paths)} images -> {args.output}")
     return 0
@@ -131,6 +142,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anyloc", description="AnyLoc visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
+                        help="images declaring more pixels are refused before decoding (default 50 MP)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("presets", help="list the named encoder presets")
@@ -153,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.add_argument("--images", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode)
 
@@ -162,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--whiten", action="store_true")
     p.add_argument("--output", required=True)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit_pca)
 
@@ -193,12 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
+        from .core.images import set_max_image_pixels
+
+        set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)
     except AnyLocError as exc:
         print(f"anyloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a file or input no check anticipated: one line, never a traceback
+        log.debug("traceback", exc_info=True)
+        print(f"anyloc {args.command}: error: {type(exc).__name__}: {exc} (unexpected input; run with -v for "
+              "details)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

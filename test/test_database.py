@@ -87,8 +87,9 @@ def test_corrupt_database_is_a_clear_error_naming_the_file(tmp_path):
     dbf.write_bytes(b"this is not sqlite" * 100)
     for wal in tmp_path.glob("map.sqlite-*"):
         wal.unlink()
-    with pytest.raises(MapError, match=f"map database {dbf} is corrupt"):
+    with pytest.raises(MapError, match=f"{dbf} is not an anyloc_ros map"):
         PlaceDatabase(tmp_path, SIG)
+    assert dbf.read_bytes() == b"this is not sqlite" * 100  # refused untouched
 
 
 def test_zero_length_database_is_refused_not_replaced(tmp_path):
@@ -98,7 +99,7 @@ def test_zero_length_database_is_refused_not_replaced(tmp_path):
     for wal in tmp_path.glob("map.sqlite-*"):
         wal.unlink()
     dbf.write_bytes(b"")  # power cut
-    with pytest.raises(MapError, match=f"map database {dbf} is empty or truncated"):
+    with pytest.raises(MapError, match=f"map database {dbf} is empty"):
         PlaceDatabase(tmp_path, SIG)
     assert dbf.stat().st_size == 0  # nothing was written over it
 
@@ -143,12 +144,15 @@ def test_sigkill_while_adding_keeps_every_acknowledged_keyframe(tmp_path, index_
                 break
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        for line in proc.stdout:  # acknowledged before the kill, still in the pipe: they count too
+            kid, i = map(int, line.split())
+            acked[kid] = i
         start = max(acked.values()) + 10_000  # fresh descriptors for the next round
     db = PlaceDatabase(tmp_path, {"backbone": "test", "dim": 64}, index=IndexConfig(type=index_type, ivf_min_train=100, nlist=8))
     ids = set(db.ids().tolist())
     assert set(acked) <= ids  # every acknowledged keyframe survived
-    assert len(ids) - len(acked) <= 3  # at most the one in flight per kill
-    index_ids = set(np.asarray(__import__("faiss").vector_to_array(db._index.id_map)).tolist())
+    assert len(ids) - len(acked) <= 3  # at most the one in flight per kill (3 kills)
+    index_ids = set(np.asarray(__import__("faiss").vector_to_array(db._index.index.id_map)).tolist())
     assert index_ids == ids  # index consistent with the database
     sample = rng.sample(sorted(acked), 30)
     res = db.search(np.stack([descriptor(acked[k], 64) for k in sample]), 1)

@@ -84,7 +84,7 @@ def test_mapping_node_killed_mid_write_keeps_every_acknowledged_keyframe(tmp_pat
     assert all(kfs[k].stamp_ns == s for k, s in acked.items())
     import faiss
 
-    assert set(faiss.vector_to_array(db._index.id_map).tolist()) == set(kfs)  # index matches the database
+    assert set(faiss.vector_to_array(db._index.index.id_map).tolist()) == set(kfs)  # index matches the database
     some = sorted(acked)[::17]
     got = db.search(np.stack([db.descriptors([k])[0] for k in some]), 1)
     assert [r[0].keyframe_id for r in got] == some

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, WeightsNotFoundError
+from .errors import ConfigError, FeatureDimensionError, WeightsNotFoundError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, patch_aligned_size, to_normalized_tensor
 
 log = logging.getLogger(__name__)
@@ -330,6 +330,10 @@ class OnnxBackbone:
             raise ConfigError(f"{path} has no output {self.output_name!r}; outputs: {list(outputs)}")
         in_shape = inputs[self.input_name].shape
         out_shape = outputs[self.output_name].shape
+        if len(in_shape) != 4 or len(out_shape) != 4:
+            raise ConfigError(f"ONNX model {path}: input {self.input_name!r} has rank {len(in_shape)} and output "
+                              f"{self.output_name!r} rank {len(out_shape)}; a dense backbone takes (B, 3, H, W) "
+                              "images and gives a rank-4 feature map (B, D, h, w) or (B, h, w, D)")
         fixed = all(isinstance(s, int) for s in in_shape[2:4])
         self.fixed_size = (int(in_shape[2]), int(in_shape[3])) if fixed else None
         self.fixed_batch = in_shape[0] if isinstance(in_shape[0], int) else None
@@ -352,8 +356,16 @@ class OnnxBackbone:
         sidecar = path.with_suffix(".json")
         self._exported_signature = None
         if sidecar.is_file():
-            meta = json.loads(sidecar.read_text())
-            self._exported_signature = meta.get("signature")
+            try:
+                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"the ONNX model's sidecar {sidecar} is not valid JSON ({exc}); re-export the "
+                                  "model with `anyloc export-onnx` or remove the sidecar") from exc
+            sig = meta.get("signature") if isinstance(meta, dict) else None
+            if sig is not None and (not isinstance(sig, dict) or not isinstance(sig.get("feature_dim"), int)):
+                raise ConfigError(f"the ONNX model's sidecar {sidecar} has a malformed 'signature' record; "
+                                  "re-export the model with `anyloc export-onnx`")
+            self._exported_signature = sig
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         if self.input_size is not None:
@@ -367,11 +379,18 @@ class OnnxBackbone:
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.numpy()
         step = self.fixed_batch or len(x)
-        outs = [
-            self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0]
-            for i in range(0, len(x), step)
-        ]
+        try:
+            outs = [
+                self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0]
+                for i in range(0, len(x), step)
+            ]
+        except Exception as exc:  # onnxruntime's own exception types: wrong input type, size, ...
+            raise FeatureDimensionError(f"ONNX model {self.model_path.name if hasattr(self, 'model_path') else ''} "
+                                        f"failed on a {tuple(x.shape)} input: {str(exc)[:300]}") from exc
         out = torch.from_numpy(np.concatenate(outs, axis=0))
+        if out.ndim != 4:
+            raise FeatureDimensionError(f"ONNX model {self.model_path.name} gave a rank-{out.ndim} output "
+                                        f"{tuple(out.shape)}; a dense feature map has rank 4")
         if self.output_layout == "nchw":
             out = out.permute(0, 2, 3, 1)
         return out.float().contiguous()

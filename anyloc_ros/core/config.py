@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -73,6 +75,7 @@ class BackboneConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        check_types(self, "backbone")
         if self.type not in ("dinov2", "onnx"):
             raise ConfigError(f"backbone.type must be 'dinov2' or 'onnx', got {self.type!r}")
         if self.facet not in FACETS:
@@ -81,6 +84,8 @@ class BackboneConfig:
             raise ConfigError("backbone.model_path is required for an onnx backbone")
         if self.max_side < 14:
             raise ConfigError(f"backbone.max_side must be >= 14, got {self.max_side}")
+        if self.threads < 0:
+            raise ConfigError(f"backbone.threads must be >= 0, got {self.threads}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"backbone.image_size must be [height, width], got {self.image_size}")
         for name in ("mean", "std"):
@@ -104,6 +109,7 @@ class AggregationConfig:
     p: float = 3.0
 
     def validate(self) -> None:
+        check_types(self, "aggregation")
         if self.type not in ("vlad", "gem"):
             raise ConfigError(f"aggregation.type must be 'vlad' or 'gem', got {self.type!r}")
         if self.mode not in ("hard", "soft"):
@@ -126,8 +132,10 @@ class EncoderConfig:
     preset: str | None = None
 
     def validate(self) -> EncoderConfig:
+        check_types(self, "")
         self.backbone.validate()
         self.aggregation.validate()
+        check_types(self.projection, "projection")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         return self
@@ -145,13 +153,19 @@ class EncoderConfig:
             data = _merge(copy.deepcopy(PRESETS[preset]), data)
         unknown = set(data) - {"backbone", "aggregation", "projection", "batch_size", "preset"}
         if unknown:
-            raise ConfigError(f"unknown encoder config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown encoder config keys: {sorted(map(str, unknown))}")
+        sections = {}
+        for name in ("backbone", "aggregation", "projection"):
+            section = data.get(name) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"encoder config section '{name}' must be a mapping, got {type(section).__name__}")
+            sections[name] = section
         try:
             cfg = cls(
-                backbone=BackboneConfig(**(data.get("backbone") or {})),
-                aggregation=AggregationConfig(**(data.get("aggregation") or {})),
-                projection=ProjectionConfig(**(data.get("projection") or {})),
-                batch_size=int(data.get("batch_size", 8)),
+                backbone=BackboneConfig(**sections["backbone"]),
+                aggregation=AggregationConfig(**sections["aggregation"]),
+                projection=ProjectionConfig(**sections["projection"]),
+                batch_size=data.get("batch_size", 8),
                 preset=preset,
             )
         except TypeError as exc:  # unknown field in a section
@@ -166,12 +180,15 @@ class EncoderConfig:
         if not path.is_file():
             raise ConfigError(f"encoder config not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"encoder config {path} is not valid YAML: {exc}") from exc
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+            raise ConfigError(f"encoder config {path} is not a readable YAML text file: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"encoder config {path} must be a mapping")
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"encoder config {path}: {exc}") from exc
 
     def resolve_paths(self, base: Path) -> None:
         def fix(p: str | None) -> str | None:
@@ -186,6 +203,52 @@ class EncoderConfig:
         # A DINOv2 model given as a directory relative to the file (hub ids stay as they are).
         if self.backbone.type == "dinov2" and (base / self.backbone.model).is_dir():
             self.backbone.model = str((base / self.backbone.model).resolve())
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, _type_name(item))
+    return {type(None): "null", str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def check_types(obj: Any, section: str) -> None:
+    """The config dataclass is the schema: every field must have its declared type (ints are
+    accepted for floats, then stored as floats), else a ConfigError naming the field."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        tp, value = hints[f.name], getattr(obj, f.name)
+        if typing.get_origin(tp) is None and tp not in (int, float, str, bool, type(None)):
+            continue  # a nested section, checked by its own validate()
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{section + '.' if section else ''}{f.name} must be {_type_name(tp)}, got {value!r}")
+        if tp is float or tp == (float | None):
+            if value is not None:
+                setattr(obj, f.name, float(value))
+        elif typing.get_origin(tp) in (Union, types.UnionType) and isinstance(value, list) and \
+                list[float] in typing.get_args(tp):
+            setattr(obj, f.name, [float(v) for v in value])
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

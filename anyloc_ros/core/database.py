@@ -2,133 +2,54 @@
 
 A map is a directory:
 
-    map.sqlite    source of truth: keyframes (id, session, stamp, frame_id, pose, descriptor,
-                  optional compact patch features), sessions, and the encoder signature
-    index.faiss   search index derived from map.sqlite (flat / IVF / HNSW), always rebuildable
-    index.json    what index.faiss holds (type, ids), so a stale index is detected
+    map.sqlite    source of truth (map_store.MapStore): keyframes, sessions, the encoder signature
+    index.faiss   search index derived from map.sqlite (map_index.MapIndex: flat / IVF / HNSW)
+    index.json    what index.faiss holds, its checksum and the map it belongs to
+    map.lock      held by the one writer
 
 Durability: SQLite runs in WAL mode with synchronous=FULL, and each `add` is its own
 transaction, so a keyframe is on disk once `add` returns (`durable=False` trades that for
-speed: then it is on disk after `flush()`). The index is written atomically (write aside,
-fsync, rename) on `save()`, `close()` and every `IndexConfig.save_every` additions; when it is
-missing, damaged or behind the database on open, it is caught up or rebuilt from SQLite.
+speed: then it is on disk after `flush()`). The index is written atomically on `save()`,
+`close()` and every `IndexConfig.save_every` additions; when it is missing, damaged, from
+another map or behind the database on open, it is caught up or rebuilt from SQLite.
 
-Several processes may open one map: one writer (the mapping node) and any number of
-followers (`follower=True`, e.g. the recognition node), which never write and pick up the
-writer's new keyframes with `refresh()`.
+One writer (the mapping node, holding `map.lock`) and any number of followers
+(`follower=True`, e.g. the recognition node: read-only, also on a read-only file system)
+may open one map; followers pick up the writer's additions and removals with `refresh()`.
 
 A map records the signature of the encoder that made its descriptors and refuses
-descriptors from any other encoder (`MapError` naming the fields that differ).
+descriptors from any other encoder (`MapError` naming the fields that differ). Every
+failure to open, read or write a map is a `MapError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, FeatureDimensionError, MapError
-from .fileio import atomic_path
+from .errors import FeatureDimensionError, MapError
 from .geometry import Pose
+from .map_index import IndexConfig, MapIndex, build_index, index_config_from_dict
+from .map_store import MapStore, validate_session_id
+from .types import Keyframe, MapStats, Match
 
 log = logging.getLogger(__name__)
 
-FORMAT = "anyloc_ros.map/1"
 # Encoder signature fields that must match for descriptors to be comparable.
 ENCODER_KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS keyframes (
-    id INTEGER PRIMARY KEY,
-    session TEXT NOT NULL REFERENCES sessions(id),
-    stamp_ns INTEGER NOT NULL,
-    frame_id TEXT NOT NULL DEFAULT '',
-    px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL,
-    descriptor BLOB NOT NULL,
-    patches BLOB,
-    patches_shape TEXT,
-    thumbnail BLOB
-);
-CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session, id);
-"""
-
-
-@dataclass
-class IndexConfig:
-    """Search index of a map. Cosine similarity = inner product of L2-normalised descriptors.
-
-    type: "flat" (exact, default), "ivf" (inverted lists; trained once `ivf_min_train`
-    keyframes exist, exact flat search until then) or "hnsw" (graph; no training).
-    """
-
-    type: str = "flat"
-    nlist: int = 0  # IVF lists; 0 = 4·sqrt(n) at training time
-    nprobe: int = 16
-    ivf_min_train: int = 0  # 0 = 39·nlist (faiss's minimum for a good k-means)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    use_gpu: str = "auto"  # auto | true | false (GPU faiss when available; flat and IVF only)
-    save_every: int = 1000  # write the index after this many additions (0 = only on save/close)
-
-    def validate(self) -> None:
-        if self.type not in ("flat", "ivf", "hnsw"):
-            raise ConfigError(f"index type must be flat, ivf or hnsw, got {self.type!r}")
-        if self.use_gpu not in ("auto", "true", "false"):
-            raise ConfigError(f"index use_gpu must be auto, true or false, got {self.use_gpu!r}")
-        for name in ("nlist", "nprobe", "ivf_min_train", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"index {name} must be >= 0")
-
-
-@dataclass
-class Keyframe:
-    id: int
-    session: str
-    stamp_ns: int
-    frame_id: str = ""
-    pose: Pose | None = None
-
-
-@dataclass
-class Match:
-    """One search result: a map keyframe and its similarity to the query."""
-
-    keyframe_id: int
-    score: float
-    session: str = ""
-    stamp_ns: int = 0
-    frame_id: str = ""
-    pose: Pose | None = None
-    rerank_score: float | None = None
-
-
-@dataclass
-class MapStats:
-    keyframes: int
-    sessions: list[str]
-    current_session: str
-    dim: int
-    index_type: str
-    index_trained: bool
-    encoder: dict[str, Any] = field(default_factory=dict)
-
 
 class PlaceDatabase:
-    DB_FILE = "map.sqlite"
-    INDEX_FILE = "index.faiss"
-    INDEX_META = "index.json"
+    DB_FILE = MapStore.FILE
+    INDEX_FILE = MapIndex.FILE
+    INDEX_META = MapIndex.META
 
     def __init__(
         self,
@@ -147,104 +68,87 @@ class PlaceDatabase:
         self.durable = durable
         self._lock = threading.RLock()
         self._adds_since_save = 0
-        db_file = self.path / self.DB_FILE
-        self._existed = db_file.exists()
-        if not self._existed:
-            if not create or follower:
-                raise MapError(f"no map at {self.path} (missing {db_file})")
-            if encoder_signature is None:
-                raise MapError(f"creating a map at {self.path} needs the encoder signature")
-            self.path.mkdir(parents=True, exist_ok=True)
-        self._conn = self._connect(db_file)
-        self._gpu = None
-        self._index = None
-        self._trained = False
+        self._store: MapStore | None = None
         try:
-            self._init_meta(encoder_signature)
-            self._load_or_rebuild_index()
-            self._last_id = int(self._all_ids().max(initial=0))
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise MapError(f"map database {db_file} is corrupt ({exc}); restore it from a backup") from exc
-        # The current session: the one asked for, else the newest; a new map gets one on first add.
-        self.session = self.sessions()[-1] if self.sessions() else ""
-        if session and not follower:
+            self._open(encoder_signature, create, session)
+        except MapError:
+            self._close_store()
+            raise
+        except Exception as exc:  # anything a damaged or foreign file can make the libraries raise
+            self._close_store()
+            raise MapError(f"map {self.path} cannot be opened: {type(exc).__name__}: {exc}") from exc
+
+    def _open(self, signature: dict[str, Any] | None, create: bool, session: str | None) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise MapError(f"map path {self.path} exists and is not a directory")
+        db_file = self.path / self.DB_FILE
+        creating = not db_file.exists() and not db_file.is_symlink()
+        if creating:
+            if not create or self.follower:
+                raise MapError(f"no map at {self.path} (missing {db_file})")
+            _check_signature(signature, self.path)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MapError(f"cannot create the map directory {self.path}: {exc.strerror}") from exc
+        record = {k: signature.get(k) for k in ENCODER_KEYS} | signature if creating and signature else None
+        self._store = store = MapStore(self.path, writer=not self.follower, durable=self.durable,
+                                       create_meta={"encoder": record} if creating else None)
+        stored = store.meta("encoder")
+        _check_signature(stored, self.path, what=f"the encoder record of {db_file}")
+        if signature is not None:
+            diffs = [f"{k}: map {stored.get(k)!r} vs encoder {signature.get(k)!r}"
+                     for k in ENCODER_KEYS if stored.get(k) != signature.get(k)]
+            if diffs:
+                raise MapError(f"map {self.path} was built with another encoder (" + "; ".join(diffs) + "); "
+                               "use the map's encoder config or start a new map")
+        self.encoder_signature: dict[str, Any] = stored
+        self.dim = int(stored["dim"])
+        self.map_id = store.ensure_meta("map_id", lambda: uuid.uuid4().hex)
+        self._next_id = max(_int(store.meta("last_id")), store.max_id()) + 1  # ids are never reused
+        self._last_id = store.max_id()
+        self._removed_seq = store.removed_since(0)[0] if self.follower else 0
+        self._index = MapIndex(self.path, self.dim, self.index_config, self.map_id)
+        self._load_or_rebuild_index()
+        self.session = self._active_session()
+        if session and not self.follower:
             self.new_session(session)
 
     @classmethod
     def exists(cls, path: str | Path) -> bool:
         return (Path(path).expanduser() / cls.DB_FILE).is_file()
 
-    # ---------------------------------------------------------------- storage
-    def _connect(self, db_file: Path) -> sqlite3.Connection:
-        if self._existed and db_file.stat().st_size == 0:
-            raise MapError(f"map database {db_file} is empty or truncated (no map metadata); restore it from a "
-                           "backup, or remove the map directory to start a new map")
-        try:
-            conn = sqlite3.connect(db_file, check_same_thread=False, isolation_level=None, timeout=30)
-            # Damaged text must not raise deep inside a query later: show it, replaced.
-            conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]  # before anything writes to the file
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise MapError(f"map database {db_file} is corrupt or not a map ({exc}); restore it from a backup") from exc
-        return conn
+    @property
+    def store(self) -> MapStore:
+        if self._store is None:
+            raise MapError(f"map {self.path} is closed")
+        return self._store
 
-    def _meta(self, key: str) -> Any:
-        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
-
-    def _init_meta(self, signature: dict[str, Any] | None) -> None:
-        fmt = self._meta("format")
-        if fmt is None:
-            if self._existed:  # e.g. a zero-length file after a power cut: never start over silently
-                raise MapError(f"map database {self.path / self.DB_FILE} is empty or truncated (no map metadata); "
-                               "restore it from a backup, or remove the map directory to start a new map")
-            if signature is None:
-                raise MapError(f"{self.path / self.DB_FILE} has no map metadata")
-            if not signature.get("dim"):
-                raise MapError("the encoder signature must include the descriptor dimension 'dim'")
-            with self._conn:
-                self._conn.execute("BEGIN")
-                self._set_meta("format", FORMAT)
-                self._set_meta("encoder", signature)
-                self._set_meta("created", time.time())
-        elif fmt != FORMAT:
-            raise MapError(f"{self.path / self.DB_FILE} has map format {fmt!r}; this version reads {FORMAT!r}")
-        stored = self._meta("encoder") or {}
-        if signature is not None:
-            diffs = [
-                f"{k}: map {stored.get(k)!r} vs encoder {signature.get(k)!r}"
-                for k in ENCODER_KEYS
-                if stored.get(k) != signature.get(k)
-            ]
-            if diffs:
-                raise MapError(
-                    f"map {self.path} was built with another encoder (" + "; ".join(diffs) + "); "
-                    "use the map's encoder config or start a new map"
-                )
-        self.encoder_signature = stored
-        self.dim = int(stored["dim"])
+    @property
+    def read_only_filesystem(self) -> bool:
+        return bool(self._store and self._store.immutable)
 
     # ---------------------------------------------------------------- sessions
     def sessions(self) -> list[str]:
-        return [r[0] for r in self._conn.execute("SELECT id FROM sessions ORDER BY created, rowid")]
+        return self.store.sessions()
+
+    def _active_session(self) -> str:
+        """The session being written: recorded by the writer (also when it resumes an old one)."""
+        active = self.store.meta("active_session")
+        sessions = self.sessions()
+        if isinstance(active, str) and active in sessions:
+            return active
+        return sessions[-1] if sessions else ""
 
     def new_session(self, session_id: str | None = None) -> str:
-        """Start a new traversal in this map; later `add` calls tag keyframes with it."""
+        """Start (or resume, given an existing id) a traversal; later `add` calls tag keyframes with it."""
         if self.follower:
             raise MapError(f"map {self.path} is open as a follower (read-only)")
-        sid = session_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
-            self.session = sid
+        sid = validate_session_id(session_id) if session_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self._lock, self.store.transaction("start a session in") as conn:
+            conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
+            self.store.set_meta(conn, "active_session", sid)
+        self.session = sid
         return sid
 
     # ---------------------------------------------------------------- adding
@@ -283,7 +187,8 @@ class PlaceDatabase:
         patches: Sequence[np.ndarray | None] | None = None,
         thumbnails: Sequence[bytes | None] | None = None,
     ) -> list[int]:
-        """Add keyframes in one transaction; returns their ids."""
+        """Add keyframes in one transaction; returns their ids. A failed write (disk full,
+        read-only) is a MapError and adds nothing; the map stays usable."""
         if self.follower:
             raise MapError(f"map {self.path} is open as a follower (read-only); only the writer adds keyframes")
         n = len(stamps_ns)
@@ -293,214 +198,126 @@ class PlaceDatabase:
         patches = patches or [None] * n
         thumbnails = thumbnails or [None] * n
         with self._lock:
-            sid = session or self.session or self.new_session()
-            if sid not in self.sessions():
-                self._conn.execute("INSERT INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
+            sid = validate_session_id(session) if session else (self.session or self.new_session())
+            ids = list(range(self._next_id, self._next_id + n))
             rows = []
             for i in range(n):
                 p = poses[i]
                 pv = p.as_tuple() if p is not None else (None,) * 7
                 pa = patches[i]
                 pb = None if pa is None else np.ascontiguousarray(pa, dtype=np.float16).tobytes()
-                ps = None if pa is None else json.dumps(list(np.shape(pa)))
-                rows.append((sid, int(stamps_ns[i]), frame_ids[i], *pv, descs[i].tobytes(), pb, ps, thumbnails[i]))
-            ids = []
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for r in rows:
-                    cur = self._conn.execute(
-                        "INSERT INTO keyframes(session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw, descriptor, "
-                        "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        r,
-                    )
-                    ids.append(int(cur.lastrowid))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                ps = None if pa is None else str(list(np.shape(pa)))
+                rows.append((ids[i], sid, int(stamps_ns[i]), frame_ids[i], *pv, descs[i].tobytes(), pb, ps, thumbnails[i]))
+            with self.store.transaction("add keyframes to") as conn:
+                conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
+                conn.executemany(
+                    "INSERT INTO keyframes(id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw, descriptor, "
+                    "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                if ids:
+                    self.store.set_meta(conn, "last_id", ids[-1])
+            self._next_id += n
             self._index_add(descs, np.array(ids, dtype=np.int64))
             self._last_id = max([self._last_id, *ids])
             self._adds_since_save += n
             if self.index_config.save_every and self._adds_since_save >= self.index_config.save_every:
-                self.save_index()
+                self._save_index_quietly()
         return ids
 
     # ---------------------------------------------------------------- index
-    def _new_index(self, n_train: int = 0) -> Any:
-        return build_index(self.dim, self.index_config, n_train)
-
-    def _ivf_threshold(self) -> int:
-        cfg = self.index_config
-        if cfg.ivf_min_train:
-            return cfg.ivf_min_train
-        return 39 * (cfg.nlist or 64)
-
-    def _maybe_gpu(self, index: Any) -> Any:
-        import faiss
-
-        cfg = self.index_config
-        if cfg.use_gpu == "false" or cfg.type == "hnsw":
-            return index
-        ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if ngpu == 0:
-            if cfg.use_gpu == "true":
-                log.warning("index use_gpu=true but faiss sees no GPU; searching on the CPU")
-            return index
-        try:
-            self._gpu = self._gpu or faiss.StandardGpuResources()
-            return faiss.index_cpu_to_gpu(self._gpu, 0, index)
-        except Exception as exc:  # pragma: no cover - needs a GPU build
-            log.warning("could not move the index to the GPU (%s); searching on the CPU", exc)
-            return index
-
-    def _cpu_index(self) -> Any:
-        import faiss
-
-        if self._gpu is not None and self._index is not None:  # pragma: no cover - needs a GPU build
-            return faiss.index_gpu_to_cpu(self._index)
-        return self._index
-
     def _index_add(self, descs: np.ndarray, ids: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        if self.index_config.type == "ivf" and not self._trained and len(self) >= self._ivf_threshold():
+        if self._index.needs_training(len(self)):
             self.reindex()  # enough keyframes to train: rebuild as IVF, includes these
             return
-        self._index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
-
-    def _all_ids(self) -> np.ndarray:
-        return np.fromiter((r[0] for r in self._conn.execute("SELECT id FROM keyframes ORDER BY id")), dtype=np.int64)
-
-    def _iter_descriptors(self, ids: np.ndarray | None = None, chunk: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-        if ids is None:
-            cur = self._conn.execute("SELECT id, descriptor FROM keyframes ORDER BY id")
-            while rows := cur.fetchmany(chunk):
-                yield (np.array([r[0] for r in rows], np.int64),
-                       np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim))
-            return
-        for s in range(0, len(ids), chunk):
-            part = ids[s : s + chunk]
-            yield part, self.descriptors(part)
+        self._index.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
 
     def _finite_rows(self, ids: np.ndarray, descs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = np.isfinite(descs).all(axis=1)
         if not ok.all():
             log.error("map %s: %d keyframes have damaged descriptors (%s...); they are left out of the index",
                       self.path, int((~ok).sum()), ids[~ok][:5].tolist())
-        return ids[ok], descs[ok]
+        return ids[ok], np.ascontiguousarray(descs[ok])
 
     def reindex(self) -> None:
         """Rebuild the search index from SQLite (and train it, for IVF with enough keyframes)."""
         with self._lock:
-            n = len(self)
-            train = self.index_config.type == "ivf" and n >= self._ivf_threshold()
-            cpu = self._new_index(n_train=n if train else 0)
-            if train:
-                ids = self._all_ids()
-                sample = ids if n <= 100_000 else np.sort(np.random.default_rng(0).choice(ids, 100_000, replace=False))
-                cpu.index.train(self.descriptors(sample))
-            for ids, descs in self._iter_descriptors():
-                cpu.add_with_ids(*self._finite_rows(ids, descs)[::-1])
-            self._trained = train
-            self._index = self._maybe_gpu(cpu)
-            self.save_index()
+            def sample() -> np.ndarray:
+                ids = self.store.all_ids()
+                if len(ids) > 100_000:
+                    ids = np.sort(np.random.default_rng(0).choice(ids, 100_000, replace=False))
+                return self._finite_rows(ids, self.descriptors(ids))[1]
+
+            def batches() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+                for ids, descs in self.store.iter_descriptors(self.dim):
+                    yield self._finite_rows(ids, descs)
+
+            self._index.build(len(self), sample, batches)
+            self._save_index_quietly()
 
     def _load_or_rebuild_index(self) -> None:
-        import faiss
-
-        index_file = self.path / self.INDEX_FILE
-        meta_file = self.path / self.INDEX_META
-        reason = None
-        if not index_file.exists():
-            reason = "no index file" if len(self) else None
-        else:
-            try:
-                meta = json.loads(meta_file.read_text())
-                if meta.get("sha256") != _sha256(index_file):
-                    raise ValueError("checksum mismatch (damaged or written by another process)")
-                cpu = faiss.read_index(str(index_file))
-                if meta.get("type") != self.index_config.type or cpu.d != self.dim:
-                    reason = f"index is {meta.get('type')} {cpu.d}-D, config asks for {self.index_config.type} {self.dim}-D"
-                else:
-                    have = faiss.vector_to_array(cpu.id_map).astype(np.int64)
-                    want = self._all_ids()
-                    missing = np.setdiff1d(want, have, assume_unique=True)
-                    if len(have) != len(np.unique(have)) or len(np.setdiff1d(have, want)):
-                        reason = "index holds keyframes the database does not"
-                    else:
-                        self._trained = bool(meta.get("trained", False))
-                        self._index = self._maybe_gpu(cpu)
-                        if len(missing):
-                            log.info("index %s is %d keyframes behind the database; adding them", index_file, len(missing))
-                            for ids, descs in self._iter_descriptors(missing):
-                                self._index.add_with_ids(*self._finite_rows(ids, descs)[::-1])
-                            self.save_index()
-                        return
-            except Exception as exc:  # faiss raises RuntimeError on damaged files, json ValueError
-                reason = f"index file {index_file} is unreadable ({str(exc).splitlines()[0][:200]})"
-        if reason:
+        reason, missing = self._index.load(self.store.all_ids())
+        if reason is None:
+            if len(missing):
+                log.info("index of %s is %d keyframes behind the database; adding them", self.path, len(missing))
+                for s in range(0, len(missing), 4096):
+                    part = missing[s : s + 4096]
+                    self._index.index.add_with_ids(*self._finite_rows(part, self.descriptors(part))[::-1])
+                self._save_index_quietly()
+            return
+        if reason != "new map":
             log.warning("map %s: %s; rebuilding the index from %s", self.path, reason, self.DB_FILE)
-        self._index = None
         self.reindex()
 
     def save_index(self) -> None:
-        """Write index.faiss + index.json atomically (the database is already durable)."""
-        import faiss
-
+        """Write index.faiss + index.json atomically (writer only; MapError when it cannot)."""
         if self.follower:
             return  # only the writer owns the index files
         with self._lock:
-            cpu = self._cpu_index()
-            with atomic_path(self.path / self.INDEX_FILE) as tmp:
-                faiss.write_index(cpu, str(tmp))
-                digest = _sha256(tmp)
-            meta = {"type": self.index_config.type, "trained": self._trained, "ntotal": int(cpu.ntotal), "dim": self.dim,
-                    "sha256": digest}
-            with atomic_path(self.path / self.INDEX_META) as tmp:
-                tmp.write_text(json.dumps(meta))
+            self._index.save()
             self._adds_since_save = 0
+
+    def _save_index_quietly(self) -> None:
+        """Periodic saves: the keyframes are already durable, so a failed save only logs."""
+        try:
+            self.save_index()
+        except MapError as exc:
+            log.warning("%s", exc)
 
     # ---------------------------------------------------------------- queries
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM keyframes").fetchone()[0])
+        return self.store.count()
 
     def ids(self, session: str | None = None) -> np.ndarray:
-        if session is None:
-            return self._all_ids()
-        rows = self._conn.execute("SELECT id FROM keyframes WHERE session=? ORDER BY id", (session,))
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+        return self.store.all_ids() if session is None else self.store.ids(session)
 
     def descriptors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        ids = [int(i) for i in ids]
-        out = np.empty((len(ids), self.dim), np.float32)
-        pos = {kid: j for j, kid in enumerate(ids)}
-        for s in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            part = ids[s : s + 900]
-            q = f"SELECT id, descriptor FROM keyframes WHERE id IN ({','.join('?' * len(part))})"
-            for kid, blob in self._conn.execute(q, part):
-                out[pos[kid]] = np.frombuffer(blob, np.float32)
-        return out
+        return self.store.descriptors(ids, self.dim)
 
     def patches(self, keyframe_id: int) -> np.ndarray | None:
-        row = self._conn.execute("SELECT patches, patches_shape FROM keyframes WHERE id=?", (int(keyframe_id),)).fetchone()
+        row = self.store.blob("patches, patches_shape", keyframe_id)
         if row is None or row[0] is None:
             return None
-        return np.frombuffer(row[0], np.float16).reshape(json.loads(row[1])).astype(np.float32)
+        try:
+            shape = [int(s) for s in str(row[1]).strip("[]").split(",")]
+            return np.frombuffer(row[0], np.float16).reshape(shape).astype(np.float32)
+        except (ValueError, TypeError):
+            log.error("map %s: keyframe %d has damaged patch features; not re-ranked", self.path, keyframe_id)
+            return None
 
     def get(self, keyframe_id: int) -> Keyframe:
-        row = self._conn.execute(
-            "SELECT id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw FROM keyframes WHERE id=?",
-            (int(keyframe_id),),
-        ).fetchone()
-        if row is None:
+        kf = self.store.keyframes_by_id([keyframe_id]).get(int(keyframe_id))
+        if kf is None:
             raise KeyError(keyframe_id)
-        return _keyframe(row)
+        return kf
+
+    def keyframes_by_id(self, ids: Sequence[int] | np.ndarray) -> dict[int, Keyframe]:
+        return self.store.keyframes_by_id([int(i) for i in ids])
 
     def keyframes(self, session: str | None = None) -> list[Keyframe]:
-        sql = "SELECT id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw FROM keyframes"
-        rows = self._conn.execute(sql + (" WHERE session=? ORDER BY id" if session else " ORDER BY id"),
-                                  (session,) if session else ())
-        return [_keyframe(r) for r in rows]
+        if session:
+            return self.store.keyframes("WHERE session=? ORDER BY id", (session,))
+        return self.store.keyframes("ORDER BY id")
 
     def _selector(self, sessions, exclude_sessions, max_id, exclude_ids) -> Any:
         import faiss
@@ -555,111 +372,110 @@ class PlaceDatabase:
             raise FeatureDimensionError("query descriptor contains NaN or inf")
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         with self._lock:
-            if self._index is None or self._index.ntotal == 0 or k <= 0:
+            index = self._index.index
+            if index is None or index.ntotal == 0 or k <= 0:
                 return [[] for _ in q]
             sel, _keep = self._selector(sessions, exclude_sessions, max_id, exclude_ids)
+            if sel is not None and self._index.on_gpu:  # pragma: no cover - GPU indexes take no selector
+                index = self._index.cpu()
             params = None
             cfg = self.index_config
-            inner = faiss.downcast_index(self._index.index) if self._gpu is None else None
+            inner = faiss.downcast_index(index.index) if not self._index.on_gpu or sel is not None else None
             if isinstance(inner, faiss.IndexHNSW):
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(cfg.hnsw_ef_search, k))
             elif isinstance(inner, faiss.IndexIVF):
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=min(cfg.nprobe, inner.nlist))
             elif sel is not None:
                 params = faiss.SearchParameters(sel=sel)
-            if sel is not None and self._gpu is not None:  # pragma: no cover - GPU indexes take no selector
-                return self._search_filtered_exact(q, k, sel)
-            scores, ids = self._index.search(q, min(k, self._index.ntotal), params=params)
+            scores, ids = index.search(q, min(k, index.ntotal), params=params)
             return [self._matches(i_row, s_row) for i_row, s_row in zip(ids, scores, strict=True)]
-
-    def _search_filtered_exact(self, q: np.ndarray, k: int, sel: Any) -> list[list[Match]]:  # pragma: no cover
-        cpu = self._cpu_index()
-        import faiss
-
-        scores, ids = cpu.search(q, min(k, cpu.ntotal), params=faiss.SearchParameters(sel=sel))
-        return [self._matches(i, s) for i, s in zip(ids, scores, strict=True)]
 
     def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
-        if not valid:
-            return []
-        q = ("SELECT id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw FROM keyframes WHERE id IN "
-             f"({','.join('?' * len(valid))})")
-        info = {r[0]: _keyframe(r) for r in self._conn.execute(q, [i for i, _ in valid])}
-        out = []
-        for i, s in valid:
-            kf = info.get(i)
-            if kf is not None:
-                out.append(Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose))
-        return out
+        info = self.store.keyframes_by_id([i for i, _ in valid]) if valid else {}
+        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose)
+                for i, s in valid if (kf := info.get(i)) is not None]
 
     # ---------------------------------------------------------------- maintenance
     def remove(self, ids: Iterable[int]) -> int:
-        """Delete keyframes from the map (database first, then the index)."""
+        """Delete keyframes (database first, then the index). Their ids are never used again,
+        and followers drop them on their next `refresh()`."""
+        if self.follower:
+            raise MapError(f"map {self.path} is open as a follower (read-only)")
         ids = np.asarray(sorted({int(i) for i in ids}), dtype=np.int64)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self.store.transaction("remove keyframes from") as conn:
                 for s in range(0, len(ids), 900):
                     part = ids[s : s + 900].tolist()
-                    self._conn.execute(f"DELETE FROM keyframes WHERE id IN ({','.join('?' * len(part))})", part)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            if self.index_config.type == "hnsw" or self._gpu is not None:
-                self.reindex()  # HNSW graphs (and GPU indexes) cannot delete in place
-            else:
-                import faiss
-
-                self._index.remove_ids(faiss.IDSelectorBatch(ids))
-                self.save_index()
+                    conn.execute(f"DELETE FROM keyframes WHERE id IN ({','.join('?' * len(part))})", part)
+                conn.executemany("INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in ids])
+            self._index_remove(ids)
+            self._save_index_quietly()
         return len(ids)
 
+    def _index_remove(self, ids: np.ndarray) -> None:
+        import faiss
+
+        if self.index_config.type == "hnsw" or self._index.on_gpu:
+            self.reindex()  # HNSW graphs (and GPU indexes) cannot delete in place
+        else:
+            self._index.index.remove_ids(faiss.IDSelectorBatch(ids))
+
     def refresh(self) -> list[Keyframe]:
-        """Follower: pick up keyframes the writer added since the last call (oldest first)."""
+        """Follower: pick up the writer's changes since the last call: the active session, removed
+        keyframes (dropped from the index) and new keyframes (returned, oldest first)."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw FROM keyframes WHERE id > ? "
-                "ORDER BY id", (self._last_id,)).fetchall()
-            sessions = self.sessions()
-            self.session = sessions[-1] if sessions else ""  # the writer may have started a new one
-            if not rows:
+            self.session = self._active_session()
+            seq, removed = self.store.removed_since(self._removed_seq)
+            if removed:
+                self._removed_seq = seq
+                self._index_remove(np.asarray(removed, np.int64))
+            new = self.store.keyframes("WHERE id > ? ORDER BY id", (self._last_id,))
+            if not new:
                 return []
-            new = [_keyframe(r) for r in rows]
             ids = np.array([k.id for k in new], np.int64)
-            self._index_add(self.descriptors(ids), ids)
+            self._index_add(*self._finite_rows(ids, self.descriptors(ids))[::-1])
             self._last_id = int(ids[-1])
             return new
 
     def thumbnail(self, keyframe_id: int) -> bytes | None:
-        row = self._conn.execute("SELECT thumbnail FROM keyframes WHERE id=?", (int(keyframe_id),)).fetchone()
-        return None if row is None else row[0]
+        row = self.store.blob("thumbnail", keyframe_id)
+        return row[0] if row is not None and isinstance(row[0], bytes) else None
 
     def flush(self) -> None:
         """Make every added keyframe durable (needed only with durable=False) and save the index."""
         if self.follower:
             return
         with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+            try:
+                self.store.conn.execute("PRAGMA wal_checkpoint(FULL)")
+            except Exception as exc:  # sqlite3.Error
+                raise self.store.error("save", exc) from exc
             self.save_index()
 
-    def save(self) -> None:
-        self.flush()
+    save = flush
 
     def stats(self) -> MapStats:
         return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
-                        self._trained, dict(self.encoder_signature))
+                        self._index.trained, dict(self.encoder_signature))
 
     def close(self) -> None:
+        """Save the index and close. Never raises: what could not be saved is logged (the
+        keyframes are durable in map.sqlite; the index is rebuilt on the next open)."""
         with self._lock:
-            if self._conn is None:
+            if self._store is None:
                 return
             try:
                 self.flush()
+            except MapError as exc:
+                log.warning("closing map %s: %s", self.path, exc)
             finally:
-                self._conn.close()
-                self._conn = None  # type: ignore[assignment]
+                self._close_store()
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def __enter__(self) -> PlaceDatabase:
         return self
@@ -668,48 +484,17 @@ class PlaceDatabase:
         self.close()
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def build_index(dim: int, cfg: IndexConfig, n_train: int = 0) -> Any:
-    """An empty faiss index for `cfg` (inner product on unit vectors), wrapped with keyframe ids.
-
-    IVF is only built when `n_train` vectors are available to train it; before that the
-    index is exact flat."""
-    import faiss
-
-    if cfg.type == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = cfg.hnsw_ef_construction
-        inner.hnsw.efSearch = cfg.hnsw_ef_search
-    elif cfg.type == "ivf" and n_train:
-        nlist = cfg.nlist or max(1, int(4 * np.sqrt(n_train)))
-        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        inner.nprobe = min(cfg.nprobe, nlist)
-    else:
-        inner = faiss.IndexFlatIP(dim)
-    return faiss.IndexIDMap2(inner)
+def _check_signature(sig: Any, path: Path, what: str = "the encoder signature") -> None:
+    if not isinstance(sig, dict):
+        raise MapError(f"creating a map at {path} needs the encoder signature" if sig is None and "record" not in what
+                       else f"{what} is damaged (not a JSON object); restore the map from a backup")
+    dim = sig.get("dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise MapError(f"{what} must include the descriptor dimension 'dim' (a positive integer), got {dim!r}")
 
 
-def _keyframe(row: Sequence[Any]) -> Keyframe:
-    pose = Pose(*row[4:11]) if row[4] is not None else None
-    return Keyframe(int(row[0]), row[1], int(row[2]), row[3], pose)
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
-def index_config_from_dict(d: dict[str, Any] | None) -> IndexConfig:
-    try:
-        cfg = IndexConfig(**(d or {}))
-    except TypeError as exc:
-        raise ConfigError(f"invalid index config: {exc}") from exc
-    cfg.validate()
-    return cfg
-
-
-__all__ = ["PlaceDatabase", "IndexConfig", "Keyframe", "Match", "MapStats", "index_config_from_dict"]
+__all__ = ["PlaceDatabase", "IndexConfig", "Keyframe", "Match", "MapStats", "index_config_from_dict", "build_index"]

@@ -84,8 +84,11 @@ class Encoder:
             raise FeatureDimensionError(f"PCA expects {pca.input_dim}-D descriptors but the aggregator gives {agg_dim}-D")
         self.backbone = backbone
         self.aggregator = aggregator
-        self.pca = pca
         self.vocabulary = vocabulary
+        self.pca = None
+        if pca is not None:
+            pca.check_fitted_for(self.pca_binding())
+        self.pca = pca
         self.config = config
         self.batch_size = batch_size
         self.dim = pca.output_dim if pca is not None else agg_dim
@@ -125,6 +128,10 @@ class Encoder:
         sig["pca"] = _hash(self.pca.components) if self.pca is not None else None
         sig["dim"] = self.dim
         return sig
+
+    def pca_binding(self) -> dict[str, Any]:
+        """What a PCA is fitted to: the un-projected descriptors of this backbone and aggregation."""
+        return {k: v for k, v in self.signature().items() if k not in ("pca", "dim")}
 
     def aggregate(self, features: torch.Tensor) -> np.ndarray:
         """(B, h, w, D) or (B, N, D) patch features -> (B, dim) descriptors."""
@@ -169,6 +176,10 @@ class Encoder:
                 f = self.backbone.forward(pixels)
                 t2 = time.perf_counter()
                 out[chunk] = self.aggregate(f)
+                if not np.isfinite(out[chunk]).all():
+                    raise FeatureDimensionError(
+                        "the encoder produced NaN/inf descriptors: the backbone's output is not finite (a damaged "
+                        "model, or fp16 overflow: set backbone.precision to bfloat16 or float32)")
                 t3 = time.perf_counter()
                 t.preprocess += t1 - t0
                 t.backbone += t2 - t1

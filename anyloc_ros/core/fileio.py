@@ -1,19 +1,29 @@
-"""Crash-safe file writing: write aside, fsync, rename, fsync the directory.
+"""Crash-safe, symlink-safe file writing: write aside, fsync, rename, fsync the directory.
 
-A reader sees either the old file or the complete new one, never a half-written file,
-even if the process is killed or the power fails in the middle of a save.
+A reader sees either the old file or the complete new one, never a half-written file, even
+if the process is killed or the power fails in the middle of a save. The file written aside
+is created exclusively (O_EXCL, a random name, mode 0600) so a symlink or file planted at a
+temporary name is never followed or overwritten; `os.replace` swaps the directory entry, so
+a symlink at the final name is replaced, not written through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<random>" beside their target
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -25,34 +35,86 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield an open file written aside `path`; on success it is fsynced and renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
-        yield tmp
-        with tmp.open("rb+") as f:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved files get the usual permissions
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Like `atomic_file`, for writers that need a path: the yielded path is a file this
+    process created exclusively (write it by name; it is never a planted symlink)."""
+    with atomic_file(path) as f:
+        yield Path(f.name)
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete temporary files left by saves that were killed (`.<name>.tmp-*`); returns their names.
+    Only a process that owns the directory (the map writer, holding its lock) may call this."""
+    removed = []
+    for entry in os.scandir(directory):
+        if entry.name.startswith(".") and TMP_MARK in entry.name and not entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)  # a symlink is removed itself, never its target
+                removed.append(entry.name)
+    return removed
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file (through symlinks); False for FIFOs, devices, directories, missing."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short reason for a failed write that tells the user what to do."""
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return "the disk is full (free some space)"
+    if exc.errno == errno.EROFS:
+        return "the file system is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
 
 
 def save_npz(path: str | Path, metadata: dict[str, Any], **arrays: np.ndarray) -> Path:
     """Atomically save arrays plus a JSON metadata record to an .npz file (no pickle)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.savez(f, __metadata__=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
+    with atomic_file(path) as f:
+        np.savez(f, __metadata__=np.array(json.dumps(metadata, sort_keys=True)), **arrays)
     return path
 
 
 def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Load an .npz written by `save_npz`; raises ValueError/OSError on damaged files."""
-    with np.load(Path(path), allow_pickle=False) as data:
+    """Load an .npz written by `save_npz`; raises ValueError/OSError on damaged files (also when
+    the metadata record is not a JSON object)."""
+    path = Path(path)
+    if not is_regular_file(path):
+        raise ValueError(f"{path} is not a regular file")
+    with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    meta = json.loads(str(arrays.pop("__metadata__"))) if "__metadata__" in arrays else {}
+    meta: Any = {}
+    if "__metadata__" in arrays:
+        record = arrays.pop("__metadata__")
+        if record.dtype.kind != "U" or record.shape != ():
+            raise ValueError("its metadata record is not a JSON string")
+        meta = json.loads(str(record))
+    if not isinstance(meta, dict):
+        raise ValueError(f"its metadata record is a JSON {type(meta).__name__}, not an object")
     return meta, arrays

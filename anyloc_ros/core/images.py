@@ -19,8 +19,36 @@ from .errors import ImageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-# Anything larger is almost certainly a corrupt header, and would exhaust memory if decoded.
-MAX_IMAGE_PIXELS = 100_000_000
+# Default pixel limit: an 8K camera frame is 33 MP. Larger images are almost certainly a corrupt
+# header or a decompression bomb (a few hundred KiB of PNG can declare gigabytes of pixels).
+MAX_IMAGE_PIXELS = 50_000_000
+_limit = {"pixels": MAX_IMAGE_PIXELS}
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Set the pixel limit for every image decoded in this process (node parameter / CLI option)."""
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+        raise ImageError(f"the image pixel limit must be a positive integer, got {pixels!r}")
+    _limit["pixels"] = pixels
+
+
+def max_image_pixels() -> int:
+    return _limit["pixels"]
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header, without decoding it; None if unknown."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image declares too many pixels ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -38,8 +66,8 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3:
         raise ImageError(f"expected an HxW or HxWxC image, got shape {image.shape}")
     h, w, c = image.shape
-    if h * w > MAX_IMAGE_PIXELS:
-        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    if h * w > max_image_pixels():
+        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {max_image_pixels()} pixels")
     if c not in (1, 3, 4):
         raise ImageError(f"expected 1, 3 or 4 channels (gray, RGB, RGBA), got {c} (shape {image.shape})")
     if image.dtype == np.uint8:
@@ -63,9 +91,14 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 def decode_image_bytes(data: bytes | np.ndarray, what: str = "encoded image") -> np.ndarray:
     """Decode JPEG/PNG/... bytes into HxWx3 uint8 RGB, or raise `ImageError`."""
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)
-    if buf.size == 0:
+    data = bytes(data)
+    if not data:
         raise ImageError(f"{what} is empty")
+    size = declared_size(data)  # checked before decoding: a decompression bomb is refused cheaply
+    if size is not None and size[0] * size[1] > max_image_pixels():
+        raise ImageError(f"{what} declares {size[0]}x{size[1]} pixels, over the limit of {max_image_pixels()} "
+                         "(max_image_pixels); refused without decoding")
+    buf = np.frombuffer(data, dtype=np.uint8)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageError(f"{what} could not be decoded (corrupt or unsupported format)")
@@ -77,7 +110,14 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
-    return decode_image_bytes(path.read_bytes(), what=f"image file {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"image file {path} cannot be read: {exc.strerror}") from exc
+    rgb = decode_image_bytes(data, what=f"image file {path}")
+    if rgb.shape[0] * rgb.shape[1] > max_image_pixels():  # formats whose header PIL cannot read
+        raise ImageError(f"image file {path} has {rgb.shape[1]}x{rgb.shape[0]} pixels, over the limit")
+    return rgb
 
 
 def list_images(folder: str | Path) -> list[Path]:

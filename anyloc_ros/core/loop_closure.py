@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .database import Match
 from .errors import ConfigError
 from .geometry import Pose
+from .types import Match
 
 
 @dataclass
@@ -39,6 +39,7 @@ class KeyframeGateConfig:
     no_pose_interval_s: float = 1.0  # without poses: add at this interval
     min_interval_s: float = 0.0  # never add faster than this
     novelty_threshold: float = 0.0  # add when cosine similarity to the last keyframe < this (0 = off)
+    clock_jump_s: float = 1.0  # a frame this much older than the previous one: the clock jumped back
 
     def validate(self) -> None:
         for name, v in vars(self).items():
@@ -49,19 +50,42 @@ class KeyframeGateConfig:
 
 
 class KeyframeGate:
+    """Decides which frames become keyframes.
+
+    Clock jumps: a camera clock that jumps back (a reset, a bag loop, one frame stamped in the
+    future before it) would make every later frame look older than the last keyframe, and
+    time-based rules would never fire again. A frame more than `clock_jump_s` older than the
+    previous frame re-anchors the gate's clock instead (the spatial rules keep working); each
+    jump is counted in `clock_jumps` and described in `last_clock_jump` for the caller to log.
+    """
+
     def __init__(self, config: KeyframeGateConfig | None = None) -> None:
         self.config = config or KeyframeGateConfig()
         self.config.validate()
+        self.clock_jumps = 0
+        self.last_clock_jump = ""
         self.reset()
 
     def reset(self) -> None:
         self._stamp_ns: int | None = None
         self._pose: Pose | None = None
         self._descriptor: np.ndarray | None = None
+        self._seen_ns: int | None = None
+
+    def _watch_clock(self, stamp_ns: int) -> None:
+        prev, self._seen_ns = self._seen_ns, stamp_ns if self._seen_ns is None else max(self._seen_ns, stamp_ns)
+        if prev is not None and (prev - stamp_ns) * 1e-9 > self.config.clock_jump_s:
+            self.clock_jumps += 1
+            self.last_clock_jump = (f"clock jumped back {(prev - stamp_ns) * 1e-9:.1f} s (frame stamp "
+                                    f"{stamp_ns * 1e-9:.3f} s after {prev * 1e-9:.3f} s); keyframe timing re-anchored")
+            self._seen_ns = stamp_ns
+            if self._stamp_ns is not None and self._stamp_ns > stamp_ns:
+                self._stamp_ns = stamp_ns  # time-based rules restart from here; poses still decide
 
     def check(self, stamp_ns: int, pose: Pose | None = None, descriptor: np.ndarray | None = None) -> str | None:
         """The reason this frame should become a keyframe, or None."""
         c = self.config
+        self._watch_clock(stamp_ns)
         if self._stamp_ns is None:
             return "first"
         dt = (stamp_ns - self._stamp_ns) * 1e-9
@@ -181,7 +205,9 @@ class LoopClosureFilter:
     def _excludes(self, r: _Recent, from_end: int, now_ns: int, travelled: float) -> bool:
         c = self.config
         return (from_end <= c.exclude_recent_count
-                or (c.exclude_recent_s > 0 and (now_ns - r.stamp_ns) * 1e-9 < c.exclude_recent_s)
+                # |age|: after a clock jump either way, time alone neither pins keyframes as recent
+                # forever nor (with the count and travel rules) releases the ones just added
+                or (c.exclude_recent_s > 0 and abs(now_ns - r.stamp_ns) * 1e-9 < c.exclude_recent_s)
                 or (c.exclude_travelled_m > 0 and travelled - r.travelled < c.exclude_travelled_m))
 
     def excluded_ids(self, query: Query) -> set[int]:

@@ -7,6 +7,7 @@ it costs O(n²d) memory-light work even when d is far larger than n.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 
 from .errors import ConfigError, FeatureDimensionError
 from .fileio import load_npz, save_npz
+
+log = logging.getLogger(__name__)
 
 FORMAT = "anyloc_ros.pca/1"
 
@@ -80,8 +83,22 @@ class PCA:
         return ((x - self.mean) @ self.components.T) * self.scale
 
     def save(self, path: str | Path) -> Path:
-        meta = dict(self.metadata, format=FORMAT, input_dim=self.input_dim, output_dim=self.output_dim)
+        meta = {k: v for k, v in self.metadata.items() if k != "path"}
+        meta.update(format=FORMAT, input_dim=self.input_dim, output_dim=self.output_dim)
         return save_npz(path, meta, mean=self.mean, components=self.components, scale=self.scale)
+
+    def check_fitted_for(self, binding: dict[str, Any]) -> None:
+        """Refuse a PCA fitted on other descriptors (another vocabulary, backbone or aggregation)."""
+        fitted = self.metadata.get("fitted_on")
+        if not isinstance(fitted, dict):
+            log.warning("PCA file %s does not record the descriptors it was fitted on (made by an older version); "
+                        "re-fit it with `anyloc fit-pca` so mixing is detected", self.metadata.get("path", ""))
+            return
+        diffs = [f"{k}: PCA {fitted.get(k)!r} vs encoder {binding.get(k)!r}"
+                 for k in sorted(set(fitted) | set(binding)) if fitted.get(k) != binding.get(k)]
+        if diffs:
+            raise ConfigError("the PCA was fitted on other descriptors (" + "; ".join(diffs) + "); fit one for this "
+                              "encoder and vocabulary with `anyloc fit-pca`")
 
     @classmethod
     def load(cls, path: str | Path) -> PCA:
@@ -93,5 +110,20 @@ class PCA:
         except Exception as exc:
             raise ConfigError(f"PCA file {path} is unreadable or corrupt: {exc}") from exc
         if meta.get("format") != FORMAT:
-            raise ConfigError(f"{path} is not an anyloc_ros PCA file")
-        return cls(a["mean"], a["components"], a["scale"], meta)
+            raise ConfigError(f"{path} is not an anyloc_ros PCA file (format {meta.get('format')!r})")
+        missing = [k for k in ("mean", "components", "scale") if k not in a]
+        if missing:
+            raise ConfigError(f"PCA file {path} lacks {missing}; re-create it with `anyloc fit-pca`")
+        mean, comps, scale = a["mean"], a["components"], a["scale"]
+        for name, arr in (("mean", mean), ("components", comps), ("scale", scale)):
+            if arr.dtype.kind not in "fiu":
+                raise ConfigError(f"PCA file {path}: {name} is not numeric ({arr.dtype})")
+        if comps.ndim != 2 or comps.shape[0] < 1 or comps.shape[1] < 1:
+            raise ConfigError(f"PCA file {path}: components must be a non-empty (d_out, d_in) matrix, got {comps.shape}")
+        if mean.shape != (comps.shape[1],) or scale.shape != (comps.shape[0],):
+            raise ConfigError(f"PCA file {path}: shapes do not agree (mean {mean.shape}, components {comps.shape}, "
+                              f"scale {scale.shape})")
+        if not all(np.isfinite(x).all() for x in (mean, comps, scale)):
+            raise ConfigError(f"PCA file {path} contains NaN or inf values (damaged); re-fit it with `anyloc fit-pca`")
+        meta["path"] = str(path)
+        return cls(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), meta)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .database import Match, PlaceDatabase
+from .database import PlaceDatabase
 from .geometry import Pose
 from .loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureFilter, Query
 from .rerank import PatchCompressor, rerank
+from .types import Match
 
 
 @dataclass
@@ -63,3 +64,29 @@ class PlaceRecognizer:
         kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches)
         self.filter.observe_keyframe(kid, stamp_ns, self.db.session, pose)
         return kid
+
+    def observe_keyframe(self, keyframe_id: int, stamp_ns: int, pose: Pose | None = None,
+                         session: str | None = None) -> None:
+        """A keyframe was added to the map by someone else (the mapping side of the same process)."""
+        self.filter.observe_keyframe(keyframe_id, stamp_ns, session or self.db.session, pose)
+
+    def sync(self) -> int:
+        """Follower: take in the writer's new keyframes and removals; returns how many were new."""
+        new = self.db.refresh()
+        for kf in new:
+            self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
+        return len(new)
+
+    def prime_from_map(self) -> int:
+        """On start-up against a map that is being written: the active session's newest keyframes
+        are recent, so a restarted recogniser never offers what the robot just added as a loop."""
+        session = self.db.session
+        if not session:
+            return 0
+        c = self.config
+        ids = self.db.ids(session)
+        tail = self.db.keyframes_by_id(ids[-max(4 * c.exclude_recent_count, 1000):]) if len(ids) else {}
+        for kid in sorted(tail):
+            kf = tail[kid]
+            self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
+        return len(tail)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .database import Match
+from .types import Match
 
 
 @dataclass

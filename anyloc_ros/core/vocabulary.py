@@ -37,7 +37,12 @@ class Vocabulary:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        c = np.asarray(self.centers, dtype=np.float32)
+        raw = np.asarray(self.centers)
+        if raw.dtype.kind not in "fiu":
+            raise VocabularyError(f"vocabulary centres must be numbers, got {raw.dtype} values")
+        if not isinstance(self.metadata, dict):
+            raise VocabularyError(f"vocabulary metadata must be a mapping, got {type(self.metadata).__name__}")
+        c = raw.astype(np.float32)
         if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
             raise VocabularyError(f"vocabulary centres must be a (K, D) matrix, got shape {c.shape}")
         if not np.isfinite(c).all():
@@ -90,7 +95,16 @@ class Vocabulary:
             raise VocabularyError(f"vocabulary file {path} is unreadable or corrupt: {exc}") from exc
         if meta.get("format") != FORMAT or "centers" not in arrays:
             raise VocabularyError(f"{path} is not an anyloc_ros vocabulary (format {meta.get('format')!r})")
-        return cls(arrays["centers"], meta)
+        bad = [f"{k}={meta[k]!r}" for k, kind in (("layer", (int, str)), ("facet", str), ("backbone", str),
+                                                   ("model", str), ("feature_dim", int))
+               if meta.get(k) is not None and (not isinstance(meta[k], kind) or isinstance(meta[k], bool))]
+        if bad:
+            raise VocabularyError(f"vocabulary file {path} has metadata of the wrong type ({', '.join(bad)}); "
+                                  "rebuild it with `anyloc build-vocab`")
+        try:
+            return cls(arrays["centers"], meta)
+        except VocabularyError as exc:
+            raise VocabularyError(f"vocabulary file {path}: {exc}") from exc
 
     @classmethod
     def _load_anyloc(cls, path: Path) -> Vocabulary:

@@ -10,6 +10,7 @@ modes give the same matches.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import numpy as np
 
 from ..core.errors import AnyLocError
 from ..core.images import list_images
+
+log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ODOM_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped")
@@ -166,19 +169,27 @@ class ReplayResult:
     mode: str
     frames: list[FrameResult] = field(default_factory=list)
     map_path: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)  # bad messages skipped and counted, as the nodes do
 
-    def top1(self) -> dict[int, int | None]:
-        return {f.stamp_ns: (f.top_ids[0] if f.top_ids else None) for f in self.frames}
+    def skip(self, kind: str, why: Exception) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        log.warning("replay: %s skipped: %s", kind, why)
 
 
-def bag_poses(messages: list[BagMessage]) -> Any:
-    """All odometry of a bag in one PoseBuffer (the nodes wait for the pose covering each image)."""
+def bag_poses(messages: list[BagMessage], result: ReplayResult | None = None) -> Any:
+    """All odometry of a bag in one PoseBuffer (the nodes wait for the pose covering each image).
+    Invalid poses (non-unit quaternions, NaN) are skipped and counted, as the nodes do."""
+    from ..core.errors import AnyLocError
     from ..core.pose_buffer import PoseBuffer
 
     buf = PoseBuffer(max_age_s=1e9)
     for m in messages:
         if m.msgtype in ODOM_TYPES:
-            buf.add(*_pose_of(m))
+            try:
+                buf.add(*_pose_of(m))
+            except AnyLocError as exc:
+                if result is not None:
+                    result.skip("poses", exc)
     return buf
 
 
@@ -195,33 +206,39 @@ def replay_offline(messages: list[BagMessage], encoder_config: Any, map_path: Pa
     """The nodes' logic without DDS: encode -> recognise (query first) -> keyframe gate -> add."""
     from ..core.database import PlaceDatabase
     from ..core.encoder import Encoder
-    from ..core.loop_closure import KeyframeGate
+    from ..core.errors import AnyLocError
+    from ..core.mapping import Mapper
     from ..core.recognition import PlaceRecognizer
     from ..core.rerank import PatchCompressor
     from ..nodes.conversions import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
 
     encoder = Encoder.from_config(encoder_config)
-    poses = bag_poses(messages)
-    db = PlaceDatabase(map_path, None if localization else encoder.signature(), follower=localization)
-    if not localization:
-        db.new_session()
-    recognizer = PlaceRecognizer(db, loop)
-    keyframes = KeyframeGate(gate)
-    compressor = PatchCompressor(encoder.backbone.feature_dim, *rerank_patches)
     result = ReplayResult("offline", map_path=str(map_path))
+    poses = bag_poses(messages, result)
+    db = PlaceDatabase(map_path, None if localization else encoder.signature(), follower=localization)
+    mapper = None if localization else Mapper(db, gate)
+    if mapper is not None:
+        mapper.new_session()
+    recognizer = PlaceRecognizer(db, loop)
+    compressor = PatchCompressor(encoder.backbone.feature_dim, *rerank_patches)
     for m in messages:
         if m.msgtype not in IMAGE_TYPES:
             continue
         t0 = time.perf_counter()
-        rgb = compressed_msg_to_rgb(m.msg) if m.msgtype == IMAGE_TYPES[1] else image_msg_to_rgb(m.msg)
-        desc, feats = encoder.encode_with_features([rgb])
+        try:  # a bad frame is skipped and counted, as the encoder node does
+            rgb = compressed_msg_to_rgb(m.msg) if m.msgtype == IMAGE_TYPES[1] else image_msg_to_rgb(m.msg)
+            desc, feats = encoder.encode_with_features([rgb])
+        except AnyLocError as exc:
+            result.skip("images", exc)
+            continue
         patches = compressor(feats[0])
         stamp = stamp_to_ns(m.msg.header.stamp)
         pose = poses.at(stamp)
         res = recognizer.query(desc[0], stamp, pose, patches)
-        if not localization and keyframes.check(stamp, pose, desc[0]):
-            recognizer.add_keyframe(desc[0], stamp, m.msg.header.frame_id, pose, patches)
-            keyframes.accept(stamp, pose, desc[0])
+        if mapper is not None:
+            kid, _ = mapper.offer(desc[0], stamp, m.msg.header.frame_id, pose, patches)
+            if kid is not None:
+                recognizer.observe_keyframe(kid, stamp, pose)
         result.frames.append(FrameResult(
             stamp, [x.keyframe_id for x in res.matches],
             [float(x.rerank_score if x.rerank_score is not None else x.score) for x in res.matches],
@@ -403,6 +420,8 @@ def _cmd_replay(args: Any) -> int:
         shutil.rmtree(map_path)
     params, loop, gate = node_params(args, Path(args.config).resolve(), out)
     messages = list(read_bag(bag, args.image_topic, args.odom_topic))  # read once; fails early on a missing topic
+    if not any(m.msgtype in IMAGE_TYPES for m in messages):
+        raise BagError(f"bag {bag} has no image messages to replay (its image topic is empty)")
     if args.offline:
         result = replay_offline(messages, cfg, map_path, localization, loop, gate)
     else:
@@ -420,7 +439,7 @@ def _cmd_replay(args: Any) -> int:
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
     summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
                "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
-               "latency_ms_median": float(np.median(lat)) if lat else None,
+               "latency_ms_median": float(np.median(lat)) if lat else None, "skipped": result.skipped,
                "matches": [{"stamp_ns": f.stamp_ns, "top_ids": f.top_ids, "scores": f.top_scores,
                             "loop_match": f.loop_match} for f in result.frames]}
     (out / f"replay_{result.mode}.json").write_text(json.dumps(summary, indent=2))

@@ -45,12 +45,15 @@ def read_positives_csv(path: str | Path, n_queries: int | None = None) -> list[s
         with path.open() as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            if header and header[0].strip().isdigit():  # no header line
-                rows[int(header[0])] = {int(x) for x in header[1].split()}
-            for r in reader:
-                if r:
-                    rows[int(r[0])] = {int(x) for x in r[1].split()} if len(r) > 1 else set()
-    except (ValueError, IndexError) as exc:
+            lines = ([header] if header and header[0].strip().isdigit() else []) + list(reader)  # header optional
+            for ln, r in enumerate(lines, start=1 if not header or header[0].strip().isdigit() else 2):
+                if not r:
+                    continue
+                q = int(r[0])
+                if q in rows:  # silently keeping one of two rows would change the score
+                    raise DatasetError(f"{path}:{ln}: query {q} appears twice in the ground truth")
+                rows[q] = {int(x) for x in r[1].split()} if len(r) > 1 else set()
+    except (ValueError, IndexError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path} is not a 'query_index,matching_ref_indices' CSV: {exc}") from exc
     n = n_queries if n_queries is not None else (max(rows) + 1 if rows else 0)
     if set(rows) != set(range(n)):
@@ -101,19 +104,28 @@ def read_vprbench_npy(path: str | Path, n_queries: int | None = None) -> list[se
         raise DatasetError(f"ground-truth file not found: {path}")
     raw = path.read_bytes()
     try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError:  # object array: pickled payload after the .npy header
-        import io
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError:  # object array: pickled payload after the .npy header
+            import io
 
-        f = io.BytesIO(raw)
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        read_header(f, max_header_size=100_000)  # skip the header: the rest is the pickle
-        arr = _NumpyOnlyUnpickler.loads(f.read())
-    except Exception as exc:
-        raise DatasetError(f"{path} is not a .npy file: {exc}") from exc
+            f = io.BytesIO(raw)
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            read_header(f, max_header_size=100_000)  # skip the header: the rest is the pickle
+            arr = _NumpyOnlyUnpickler.loads(f.read())
+    except DatasetError:
+        raise
+    except Exception as exc:  # truncated or damaged: EOFError, UnpicklingError, ValueError ...
+        raise DatasetError(f"{path} is not a readable .npy file (truncated or damaged?): {type(exc).__name__}: "
+                           f"{exc}") from exc
+    rows: dict[int, set[int]] = {}
     try:
-        rows = {int(r[0]): {int(x) for x in np.atleast_1d(r[1])} for r in arr}
+        for r in arr:
+            q = int(r[0])
+            if q in rows:
+                raise DatasetError(f"{path}: query {q} appears twice in the ground truth")
+            rows[q] = {int(x) for x in np.atleast_1d(r[1])}
     except (TypeError, IndexError, ValueError) as exc:
         raise DatasetError(f"{path} is not a VPR-Bench ground truth ([query, [refs]] rows): {exc}") from exc
     n = n_queries if n_queries is not None else len(rows)

@@ -30,12 +30,25 @@ def _cache_key(signature: dict[str, Any], paths: list[Path]) -> str:
     return h.hexdigest()[:20]
 
 
-def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc: str, progress: bool = True
-                  ) -> tuple[np.ndarray, float, bool]:
-    """Descriptors of `paths` (cached); returns (descriptors, ms per image, from_cache)."""
+def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc: str, progress: bool = True,
+                  skipped: list[tuple[Path, str]] | None = None) -> tuple[np.ndarray, float, bool]:
+    """Descriptors of `paths` (cached); returns (descriptors, ms per image, from_cache).
+
+    With a `skipped` list, images that cannot be read are skipped and reported there (their
+    rows are NaN); without it, the first bad image is an error naming the file."""
     from tqdm import tqdm
 
+    from ..core.errors import ImageError
     from ..core.images import load_image
+
+    def load(p: Path) -> np.ndarray | None:
+        try:
+            return load_image(p)
+        except ImageError as exc:
+            if skipped is None:
+                raise
+            skipped.append((p, str(exc)))
+            return None
 
     cache = cache_dir / f"{_cache_key(encoder.signature(), paths)}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
@@ -47,10 +60,14 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for i in range(0, len(paths), bs):
             chunk = paths[i : i + bs]
-            out[i : i + len(chunk)] = encoder.encode([load_image(p) for p in chunk])
+            images = [load(p) for p in chunk]
+            good = [j for j, im in enumerate(images) if im is not None]
+            out[i : i + len(chunk)] = np.nan
+            if good:
+                out[[i + j for j in good]] = encoder.encode([images[j] for j in good])
             bar.update(len(chunk))
     ms = (time.perf_counter() - t0) * 1e3 / len(paths)
-    if cache is not None:
+    if cache is not None and not skipped:
         save_npz(cache, {"encode_ms": ms, "images": len(paths)}, descriptors=out)
     return out, ms, False
 
@@ -120,6 +137,13 @@ def load_result(path: str | Path) -> dict[str, Any]:
         r = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise AnyLocError(f"cannot read result file {path}: {exc}") from exc
-    if r.get("format") != RESULT_FORMAT:
-        raise AnyLocError(f"{path} is not an anyloc eval result ({RESULT_FORMAT})")
+    if not isinstance(r, dict) or r.get("format") != RESULT_FORMAT:
+        raise AnyLocError(f"{path} is not an anyloc eval result ({RESULT_FORMAT}): expected a JSON object "
+                          "written by `anyloc eval`")
+    pr = r.get("pr_curve")
+    ok = isinstance(pr, dict) and all(isinstance(pr.get(k), list) and all(isinstance(v, (int, float)) for v in pr[k])
+                                      for k in ("recall", "precision")) and len(pr["recall"]) == len(pr["precision"])
+    if not ok:
+        raise AnyLocError(f"{path} has no valid 'pr_curve' (recall and precision lists of equal length); "
+                          "re-run `anyloc eval` to write a complete result")
     return r

@@ -212,10 +212,10 @@ def accept_descriptor(node: Node, msg: Any, stats: RateStats, map_encoder_id: st
         stats.inc("frames_rejected")
         log_error(node, f"descriptor rejected: {exc}")
         return None
-    if map_encoder_id and msg.encoder_id and msg.encoder_id != map_encoder_id:
+    if map_encoder_id and msg.encoder_id != map_encoder_id:  # an empty id is no exception
         stats.inc("frames_rejected")
-        log_error(node, f"descriptor from encoder {msg.encoder_id} refused: the map was built with encoder "
-                        f"{map_encoder_id}")
+        log_error(node, f"descriptor from encoder {msg.encoder_id or '(none given)'} refused: the map was built "
+                        f"with encoder {map_encoder_id}")
         return None
     return frame
 
@@ -251,6 +251,10 @@ class Diagnostics:
         self.message = "ok"
         self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         node.create_timer(period_s, self.publish)
+
+    def set_status(self, level: int, message: str) -> None:
+        """0 OK, 1 WARN, 2 ERROR (diagnostic_msgs levels), with a one-line message."""
+        self.level, self.message = level, message[:500]
 
     def publish(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

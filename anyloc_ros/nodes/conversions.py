@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.errors import ImageError
 from ..core.geometry import Pose
-from ..core.images import MAX_IMAGE_PIXELS, as_rgb_uint8, decode_image_bytes
+from ..core.images import as_rgb_uint8, decode_image_bytes, max_image_pixels
 
 # Encodings whose rows are not `height` rows of `width` pixels.
 _PLANAR = {"nv12", "nv21", "yuv420", "i420"}
@@ -36,9 +36,12 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h == 0 or w == 0:
         raise ImageError(f"empty image ({w}x{h})")
-    if h * w > MAX_IMAGE_PIXELS:
-        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    if h * w > max_image_pixels():
+        raise ImageError(f"image of {w}x{h} pixels exceeds the limit of {max_image_pixels()} pixels (max_image_pixels)")
     dtype = np.dtype(typestr)
+    if dtype.kind == "i":  # 8SC1, 16SC3 ...: no camera image; scaling would wrap negatives around
+        raise ImageError(f"signed-integer image encoding {enc!r} is not supported (not a camera image); publish "
+                         "mono8/rgb8/bgr8/mono16")
     row = w * nchan * dtype.itemsize
     if step < row:
         raise ImageError(f"image step {step} is smaller than width*channels*bytes = {row} for {enc}")

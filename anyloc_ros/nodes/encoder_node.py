@@ -47,6 +47,8 @@ PARAMS = ENCODER_PARAMS + (
     Param("patch_dim", 64, "patch features are projected to this many dimensions", 1, 4096),
     Param("publish_thumbnails", True, "attach a small JPEG of the image (keyframe previews, debug image)"),
     Param("thumbnail_size", 160, "longer side of the thumbnail in pixels", 16, 2048),
+    Param("max_image_pixels", 50_000_000, "larger images are refused (checked from the header, before decoding: "
+          "decompression bombs)", 1, 1_000_000_000),
 )
 
 
@@ -59,6 +61,9 @@ class EncoderNode(Node):
         from ..msg import PlaceDescriptor
 
         self.p = declare(self, PARAMS)
+        from ..core.images import set_max_image_pixels
+
+        set_max_image_pixels(self.p["max_image_pixels"])
         self.encoder = build_encoder(self.p)
         self.encoder_id = encoder_id(self.encoder.signature())
         self.compressor = None

@@ -18,13 +18,15 @@ import json
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from rclpy.node import Node
 
 from ..core.database import IndexConfig, PlaceDatabase
-from ..core.errors import AnyLocError
-from ..core.loop_closure import KeyframeGate, KeyframeGateConfig
+from ..core.errors import AnyLocError, MapError
+from ..core.loop_closure import KeyframeGateConfig
+from ..core.mapping import Mapper
 from .common import (
     MAP_PARAMS,
     POSE_PARAMS,
@@ -58,6 +60,8 @@ PARAMS = MAP_PARAMS + POSE_PARAMS + (
     Param("keyframe.min_interval_s", 0.0, "never add keyframes faster than this", 0.0, 1e6),
     Param("keyframe.novelty_threshold", 0.0, "keyframe when similarity to the last one is below this (0 = off)",
           0.0, 1.0),
+    Param("keyframe.clock_jump_s", 1.0, "a frame this much older than the previous one means the clock jumped "
+          "back: keyframe timing is re-anchored (logged, counted)", 0.0, 1e9),
 )
 
 
@@ -78,11 +82,15 @@ class MappingNode(Node):
         self.p = p = declare(self, PARAMS)
         p["map_path"] = validate_map_path(name, p["map_path"])
         self.stats = RateStats()
-        self.gate = KeyframeGate(KeyframeGateConfig(
+        self.gate_config = KeyframeGateConfig(
             min_distance_m=p["keyframe.min_distance_m"], min_rotation_deg=p["keyframe.min_rotation_deg"],
             max_interval_s=p["keyframe.max_interval_s"], no_pose_interval_s=p["keyframe.no_pose_interval_s"],
-            min_interval_s=p["keyframe.min_interval_s"], novelty_threshold=p["keyframe.novelty_threshold"]))
+            min_interval_s=p["keyframe.min_interval_s"], novelty_threshold=p["keyframe.novelty_threshold"],
+            clock_jump_s=p["keyframe.clock_jump_s"])
+        self.gate_config.validate()
         self.db: PlaceDatabase | None = None
+        self.mapper: Mapper | None = None
+        self._clock_jumps = 0
         self.map_encoder_id = ""
         self.poses = PoseInput(self, p, self.stats)
         self._pending: deque[DescriptorFrame] = deque(maxlen=100)
@@ -109,11 +117,13 @@ class MappingNode(Node):
     def _open(self, signature: dict[str, Any] | None) -> None:
         p = self.p
         db = PlaceDatabase(p["map_path"], signature, index=index_config(p), durable=p["durable"])
+        mapper = Mapper(db, self.gate_config)
         if p["new_session_on_start"] or p["session"]:
-            db.new_session(p["session"] or None)
+            mapper.new_session(p["session"] or None)
         self.map_encoder_id = encoder_id(db.encoder_signature)
         self.stats.values["map_size"] = str(len(db))
-        self.db = db
+        self.stats.values["session"] = db.session
+        self.db, self.mapper = db, mapper
         self.get_logger().info(
             f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
             f"pose source {p['pose_source']}, encoder {self.map_encoder_id})")
@@ -170,28 +180,42 @@ class MappingNode(Node):
 
     def _add_locked(self, frame: DescriptorFrame, pose: Any) -> int | None:
         try:
-            self.db.validate_descriptor(frame.descriptor)  # before the gate: bad input is refused, not skipped
-            reason = self.gate.check(frame.stamp_ns, pose, frame.descriptor)
-            if reason is None:
-                self.stats.inc("frames_skipped")
-                return None
-            kid = self.db.add(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
-                              patches=frame.patches if self.p["store_patches"] else None,
-                              thumbnail=frame.thumbnail if self.p["store_thumbnails"] else None)
+            kid, reason = self.mapper.offer(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
+                                            patches=frame.patches if self.p["store_patches"] else None,
+                                            thumbnail=frame.thumbnail if self.p["store_thumbnails"] else None)
+        except MapError as exc:  # the map cannot be written (disk full, read-only): report, keep running
+            self.stats.inc("map_write_failures")
+            self.diagnostics.set_status(2, f"map write failed: {exc}")
+            log_error(self, f"keyframe not added: {exc}")
+            return None
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
             log_error(self, f"keyframe refused: {exc}")
             return None
-        except Exception as exc:  # e.g. the disk filled up: report, keep the node alive
+        except Exception as exc:  # never let one frame stop the node
             self.stats.inc("frames_failed")
             log_error(self, f"keyframe not added: {type(exc).__name__}: {exc}")
             return None
-        self.gate.accept(frame.stamp_ns, pose, frame.descriptor)
+        finally:
+            self._report_clock_jumps()
+        if kid is None:
+            self.stats.inc("frames_skipped")
+            return None
+        if self.diagnostics.level:
+            self.get_logger().info("the map can be written again: mapping resumed")
+            self.diagnostics.set_status(0, "ok")
         self._acknowledge(kid, frame, pose)
         self.stats.inc("keyframes_added")
         self.stats.values["map_size"] = str(len(self.db))
         self.get_logger().debug(f"keyframe {kid} ({reason}) pose={'yes' if pose else 'no'}")
         return kid
+
+    def _report_clock_jumps(self) -> None:
+        gate = self.mapper.gate
+        if gate.clock_jumps != self._clock_jumps:
+            self.stats.inc("clock_jumps", gate.clock_jumps - self._clock_jumps)
+            self._clock_jumps = gate.clock_jumps
+            self.get_logger().warn(gate.last_clock_jump)
 
     def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
         from builtin_interfaces.msg import Time
@@ -211,7 +235,7 @@ class MappingNode(Node):
             if self.db is None:
                 res.success, res.message = False, "no map yet (waiting for the encoder signature)"
                 return res
-            if req.path and req.path != str(self.db.path):
+            if req.path and Path(req.path).expanduser().resolve() != self.db.path.resolve():
                 res.success, res.message = False, "saving to another directory is not supported; copy the map " \
                                                   f"directory {self.db.path} instead"
             else:
@@ -228,8 +252,8 @@ class MappingNode(Node):
             res.success, res.message = False, "no map yet (waiting for the encoder signature)"
             return res
         try:
-            res.session_id = self.db.new_session(req.session_id or None)
-            self.gate.reset()
+            res.session_id = self.mapper.new_session(req.session_id or None)
+            self.stats.values["session"] = res.session_id
             res.success, res.message = True, f"new session {res.session_id}"
         except Exception as exc:
             res.success, res.message = False, str(exc)

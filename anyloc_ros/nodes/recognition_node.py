@@ -125,8 +125,11 @@ class RecognitionNode(Node):
             db = PlaceDatabase(path, index=index_config(self.p), follower=True)
         except AnyLocError as exc:
             log_error(self, f"cannot open map: {exc}")
+            self.diagnostics.set_status(2, f"cannot open map: {exc}")
             return False
         self.recognizer = PlaceRecognizer(db, self.loop_config)  # query patches arrive compressed
+        self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
+        self.diagnostics.set_status(0, "ok")
         self.map_encoder_id = encoder_id(db.encoder_signature)
         if getattr(self, "_wait_timer", None) is not None:
             self._wait_timer.cancel()
@@ -151,8 +154,7 @@ class RecognitionNode(Node):
         t0 = time.perf_counter()
         pose = self.poses.at(frame.stamp_ns)
         try:
-            for kf in rec.db.refresh():  # the mapping node's new keyframes
-                rec.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
+            rec.sync()  # the mapping node's new keyframes, removals and active session
             result = rec.query(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
                                exclude_sessions=[rec.db.session] if self.p["exclude_current_session"] else None)
         except AnyLocError as exc:

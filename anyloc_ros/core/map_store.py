@@ -1,0 +1,418 @@
+"""MapStore: the SQLite file of a map (`map.sqlite`), the source of truth of a PlaceDatabase.
+
+It holds keyframes (id, session, stamp, camera frame, pose, descriptor, compact patches,
+thumbnail), sessions, removed ids and the map's metadata (format, encoder signature, map id,
+active session, highest id ever used).
+
+Safety rules, each a fault a robot or an attacker can cause:
+
+* identify before touching: a file is a map only if it is an SQLite file whose header carries
+  the map's `application_id` (or none, for maps of earlier versions) and a `meta` table with
+  the map format. Anything else (another application's database, a FIFO, a text file, an
+  empty file) is refused with a `MapError` naming it, and is never written;
+* followers (recognition, localisation) open read-only, and still work on a read-only file
+  system; a writer on a read-only directory is told so;
+* one writer per map: the writer holds an exclusive lock (`map.lock`); a second is refused;
+* a new map appears atomically (built aside, renamed into place), so a reader never sees a
+  half-created map;
+* keyframe ids are never reused (a high-water mark in `meta`), removals are recorded so
+  followers drop them too;
+* SQLite errors never escape raw: disk full, read-only and damage become `MapError`s that
+  say what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MapError
+from .fileio import TMP_MARK, fsync_dir, is_regular_file, remove_stale_temporaries
+from .geometry import Pose
+from .types import Keyframe
+
+log = logging.getLogger(__name__)
+
+FORMAT = "anyloc_ros.map/1"
+APPLICATION_ID = 0x414C4D50  # "ALMP" in the SQLite header: this file is an anyloc_ros map
+SQLITE_MAGIC = b"SQLite format 3\x00"
+MAX_SESSION_ID = 128
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS keyframes (
+    id INTEGER PRIMARY KEY,
+    session TEXT NOT NULL REFERENCES sessions(id),
+    stamp_ns INTEGER NOT NULL,
+    frame_id TEXT NOT NULL DEFAULT '',
+    px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL,
+    descriptor BLOB NOT NULL,
+    patches BLOB,
+    patches_shape TEXT,
+    thumbnail BLOB
+);
+CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session, id);
+CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
+"""
+KEYFRAME_COLUMNS = "id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw"
+
+
+def validate_session_id(sid: str) -> str:
+    if not isinstance(sid, str) or not 0 < len(sid) <= MAX_SESSION_ID or not SESSION_ID_RE.match(sid):
+        shown = repr(sid[:40]) + ("..." if isinstance(sid, str) and len(sid) > 40 else "")
+        raise MapError(f"invalid session id {shown}: use 1-{MAX_SESSION_ID} characters of letters, digits, "
+                       "'_', '-', '.', ':' (starting with a letter or digit)")
+    return sid
+
+
+def _classify(exc: BaseException) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return "full"
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text or "read-only" in text:
+        return "readonly"
+    if code == sqlite3.SQLITE_BUSY or "locked" in text:
+        return "busy"
+    return "damaged"
+
+
+class MapStore:
+    """One map's SQLite file, opened as the writer (locked, read-write) or as a follower (read-only)."""
+
+    FILE = "map.sqlite"
+    LOCK = "map.lock"
+
+    def __init__(self, directory: Path, *, writer: bool, create_meta: dict[str, Any] | None = None,
+                 durable: bool = True) -> None:
+        self.directory = directory
+        self.file = directory / self.FILE
+        self.writer = writer
+        self.immutable = False
+        self._lock_file: Any = None
+        self._conn: sqlite3.Connection | None = None
+        try:
+            if writer:
+                self._take_lock()
+                stale = remove_stale_temporaries(directory)
+                if stale:
+                    log.info("map %s: removed %d temporary file(s) left by an interrupted save", directory, len(stale))
+                if not self.file.exists() and not self.file.is_symlink():
+                    if create_meta is None:
+                        raise MapError(f"no map at {directory} (missing {self.file})")
+                    self._create(create_meta)
+            self._conn = self._identify_and_connect(durable)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+    def _take_lock(self) -> None:
+        path = self.directory / self.LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno in (30, 13, 1):  # EROFS, EACCES, EPERM
+                raise MapError(f"map directory {self.directory} is read-only ({exc.strerror}): mapping needs a "
+                               "writable directory; open the map for localisation only (a follower) or make it "
+                               "writable") from exc
+            raise MapError(f"cannot lock map {self.directory}: {self.LOCK} {exc.strerror}"
+                           + (" (a symlink: refusing to follow it)" if exc.errno == 40 else "")) from exc
+        f = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = f.read(32).strip()
+            f.close()
+            raise MapError(f"map {self.directory} is already open for writing by another process"
+                           f"{' (pid ' + holder + ')' if holder.isdigit() else ''}; one map has one writer "
+                           "(open it as a follower to read it)") from exc
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+
+    def _create(self, meta: dict[str, Any]) -> None:
+        """Build the new map aside and rename it into place: readers never see a half-made map."""
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.FILE}{TMP_MARK}", dir=self.directory)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.executescript(_SCHEMA)
+                conn.execute("BEGIN")
+                for k, v in dict(meta, format=FORMAT, map_id=uuid.uuid4().hex, created=time.time()).items():
+                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            os.chmod(tmp, 0o644)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.file)
+            fsync_dir(self.directory)
+        except sqlite3.Error as exc:
+            raise MapError(f"cannot create map {self.file}: {exc}") from exc
+        except OSError as exc:
+            raise MapError(f"cannot create map {self.file}: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _check_header(self) -> int:
+        """The SQLite application_id of the file, after checking (without SQLite, without
+        writing) that it is a regular, non-empty SQLite file."""
+        f = self.file
+        if not f.exists():
+            raise MapError(f"no map at {self.directory} (missing {f})")
+        if not is_regular_file(f):
+            raise MapError(f"{f} is not a regular file (a device, FIFO or directory): not a map")
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(100)
+        except OSError as exc:
+            raise MapError(f"cannot read map {f}: {exc.strerror}") from exc
+        if not head:
+            raise MapError(f"map database {f} is empty (zero length: its creation or a copy was cut off); "
+                           "restore the map directory from a backup")
+        if len(head) < 100 or head[:16] != SQLITE_MAGIC:
+            raise MapError(f"{f} is not an anyloc_ros map (not an SQLite database, or its header is damaged)")
+        app_id = int.from_bytes(head[68:72], "big")
+        if app_id not in (0, APPLICATION_ID):
+            raise MapError(f"{f} belongs to another application (SQLite application_id {app_id:#010x}); "
+                           "it is not an anyloc_ros map and was left untouched")
+        return app_id
+
+    def _connect_ro(self, immutable: bool) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(str(self.file.absolute())) + ("?immutable=1" if immutable else "?mode=ro")
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.text_factory = lambda b: b.decode("utf-8", errors="replace")  # damaged text must not raise later
+        return conn
+
+    def _identify_and_connect(self, durable: bool) -> sqlite3.Connection:
+        app_id = self._check_header()
+        try:
+            try:
+                ro = self._connect_ro(immutable=False)
+                check = ro.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if self.writer or _classify(exc) == "damaged" and "unable to open" not in str(exc):
+                    raise
+                # A read-only file system: SQLite cannot create the WAL index; nothing can change the file.
+                ro = self._connect_ro(immutable=True)
+                check = ro.execute("PRAGMA quick_check").fetchone()[0]
+                self.immutable = True
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            fmt = None
+            if "meta" in tables:
+                row = ro.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+                fmt = _json(row[0]) if row else None
+        except sqlite3.Error as exc:
+            raise MapError(f"map database {self.file} is damaged ({exc}); restore the map directory from a "
+                           "backup") from exc
+        if fmt is None or not {"keyframes", "sessions"} <= tables:
+            ro.close()
+            if app_id == 0:
+                raise MapError(f"{self.file} is an SQLite database of another application (no anyloc_ros map "
+                               "record); it is not a map and was left untouched")
+            raise MapError(f"map database {self.file} has no map record (damaged); restore it from a backup")
+        if fmt != FORMAT:
+            ro.close()
+            raise MapError(f"{self.file} has map format {fmt!r}; this version reads {FORMAT!r}")
+        if not self.writer:
+            self._has_removed = "removed" in tables
+            return ro
+        ro.close()
+        try:
+            conn = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.executescript(_SCHEMA)  # tables added since the map was made (e.g. `removed`)
+            if app_id == 0:
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")  # a map of an earlier version
+        except sqlite3.Error as exc:
+            raise self.error("open", exc) from exc
+        self._has_removed = True
+        return conn
+
+    # ------------------------------------------------------------------ errors
+    def error(self, action: str, exc: BaseException) -> MapError:
+        kind = _classify(exc)
+        if kind == "full":
+            why = "the disk is full (database or disk is full): free some space; mapping resumes when there is room"
+        elif kind == "readonly":
+            why = "the map directory or file is read-only: mapping needs it writable"
+        elif kind == "busy":
+            why = f"the map is locked by another process ({exc})"
+        else:
+            why = f"the map database is damaged or unreadable ({exc}); restore it from a backup"
+        return MapError(f"cannot {action} map {self.file}: {why}")
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become MapError."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self.error(action, exc) from exc
+            raise
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise MapError(f"map {self.directory} is closed")
+        return self._conn
+
+    # ------------------------------------------------------------------ meta
+    def meta(self, key: str) -> Any:
+        rows = self.read("SELECT value FROM meta WHERE key=?", (key,))
+        return _json(rows[0][0]) if rows else None
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def ensure_meta(self, key: str, make: Any) -> Any:
+        """Writer: the value of `key`, written first if absent (maps of earlier versions)."""
+        value = self.meta(key)
+        if value is None and self.writer:
+            value = make()
+            with self.transaction("update") as conn:
+                self.set_meta(conn, key, value)
+        return value
+
+    # ------------------------------------------------------------------ keyframes
+    def count(self) -> int:
+        return int(self.read("SELECT count(*) FROM keyframes")[0][0])
+
+    def all_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.read("SELECT id FROM keyframes ORDER BY id")], dtype=np.int64)
+
+    def ids(self, session: str) -> np.ndarray:
+        rows = self.read("SELECT id FROM keyframes WHERE session=? ORDER BY id", (session,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def max_id(self) -> int:
+        row = self.read("SELECT max(id) FROM keyframes")[0][0]
+        return int(row) if isinstance(row, int) else 0
+
+    def keyframes(self, where: str = "", params: Sequence[Any] = ()) -> list[Keyframe]:
+        rows = self.read(f"SELECT {KEYFRAME_COLUMNS} FROM keyframes {where}", params)
+        return [k for k in (keyframe_from_row(r) for r in rows) if k is not None]
+
+    def keyframes_by_id(self, ids: Sequence[int]) -> dict[int, Keyframe]:
+        out: dict[int, Keyframe] = {}
+        for part in _chunks([int(i) for i in ids]):
+            for kf in self.keyframes(f"WHERE id IN ({','.join('?' * len(part))})", part):
+                out[kf.id] = kf
+        return out
+
+    def descriptors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Descriptors of `ids` in that order; a damaged row (wrong size) comes back as NaN."""
+        ids = [int(i) for i in ids]
+        out = np.full((len(ids), dim), np.nan, np.float32)
+        pos = {kid: j for j, kid in enumerate(ids)}
+        for part in _chunks(ids):
+            for kid, blob in self.read(f"SELECT id, descriptor FROM keyframes WHERE id IN "
+                                       f"({','.join('?' * len(part))})", part):
+                if isinstance(blob, bytes) and len(blob) == 4 * dim and kid in pos:
+                    out[pos[kid]] = np.frombuffer(blob, np.float32)
+        return out
+
+    def iter_descriptors(self, dim: int, chunk: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        last = -1
+        while True:
+            rows = self.read("SELECT id, descriptor FROM keyframes WHERE id > ? ORDER BY id LIMIT ?", (last, chunk))
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], np.int64)
+            descs = np.full((len(rows), dim), np.nan, np.float32)
+            for j, (_, blob) in enumerate(rows):
+                if isinstance(blob, bytes) and len(blob) == 4 * dim:
+                    descs[j] = np.frombuffer(blob, np.float32)
+            last = int(ids[-1])
+            yield ids, descs
+
+    def blob(self, column: str, keyframe_id: int) -> Any:
+        rows = self.read(f"SELECT {column} FROM keyframes WHERE id=?", (int(keyframe_id),))
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------------ sessions and removals
+    def sessions(self) -> list[str]:
+        return [str(r[0]) for r in self.read("SELECT id FROM sessions ORDER BY created, rowid")]
+
+    def removed_since(self, seq: int) -> tuple[int, list[int]]:
+        """Ids removed by the writer after removal number `seq`, and the newest removal number."""
+        if not self._has_removed:
+            return seq, []
+        rows = self.read("SELECT seq, id FROM removed WHERE seq > ? ORDER BY seq", (seq,))
+        return (int(rows[-1][0]) if rows else seq), [int(r[1]) for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+
+
+def keyframe_from_row(row: Sequence[Any]) -> Keyframe | None:
+    """A Keyframe from a row, or None when the row is damaged (values of the wrong type)."""
+    try:
+        pose = None
+        if row[4] is not None:
+            pose = Pose(*(float(v) for v in row[4:11]))
+            if not pose.is_valid():
+                pose = None
+        return Keyframe(int(row[0]), str(row[1]), int(row[2]), str(row[3] or ""), pose)
+    except (TypeError, ValueError):
+        log.error("map keyframe row %r is damaged; ignored", row[0])
+        return None
+
+
+def _json(text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _chunks(ids: list[int], n: int = 900) -> Iterable[list[int]]:  # SQLite's bound-parameter limit
+    for s in range(0, len(ids), n):
+        yield ids[s : s + n]
