@@ -170,6 +170,7 @@ class EncoderConfig:
             )
         except TypeError as exc:  # unknown field in a section
             raise ConfigError(f"invalid encoder config: {exc}") from exc
+        cfg.validate()  # types first: paths are resolved only in a well-typed config
         if base_dir is not None:
             cfg.resolve_paths(Path(base_dir))
         return cfg.validate()

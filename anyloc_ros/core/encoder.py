@@ -86,6 +86,7 @@ class Encoder:
         self.aggregator = aggregator
         self.vocabulary = vocabulary
         self.pca = None
+        self.dim = agg_dim
         if pca is not None:
             pca.check_fitted_for(self.pca_binding())
         self.pca = pca

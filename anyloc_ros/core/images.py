@@ -45,8 +45,9 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image declares too many pixels ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (beyond ~179 MP)
+        raise ImageError(f"image declares more pixels than Pillow's guard allows, over the limit of "
+                         f"{max_image_pixels()} (max_image_pixels); refused without decoding") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
 

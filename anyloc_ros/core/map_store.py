@@ -228,6 +228,10 @@ class MapStore:
             if "meta" in tables:
                 row = ro.execute("SELECT value FROM meta WHERE key='format'").fetchone()
                 fmt = _json(row[0]) if row else None
+            if fmt is not None:  # every column the map reads must be there (a damaged schema fails here)
+                ro.execute(f"SELECT {KEYFRAME_COLUMNS}, descriptor, patches, patches_shape, thumbnail "
+                           "FROM keyframes LIMIT 1").fetchall()
+                ro.execute("SELECT id, created FROM sessions LIMIT 1").fetchall()
         except sqlite3.Error as exc:
             raise MapError(f"map database {self.file} is damaged ({exc}); restore the map directory from a "
                            "backup") from exc
