@@ -18,7 +18,8 @@ from _common import record, table  # noqa: I001
 
 from anyloc_ros.core.database import PlaceDatabase
 from anyloc_ros.core.geometry import Pose
-from anyloc_ros.core.loop_closure import KeyframeGate, KeyframeGateConfig, LoopClosureConfig
+from anyloc_ros.core.loop_closure import KeyframeGateConfig, LoopClosureConfig
+from anyloc_ros.core.mapping import Mapper
 from anyloc_ros.core.recognition import PlaceRecognizer
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         db = PlaceDatabase(tmp, {"backbone": "bench", "dim": args.dim}, session="long")
         rec = PlaceRecognizer(db, LoopClosureConfig())
-        gate = KeyframeGate(KeyframeGateConfig(min_distance_m=0.5))
+        mapper = Mapper(db, KeyframeGateConfig(min_distance_m=0.5))
         start_rss = rss_mib()
         bucket: list[float] = []
         query_ms: list[float] = []
@@ -54,11 +55,11 @@ def main() -> None:
             t = time.perf_counter()
             rec.query(d, stamp, pose)  # what the pipeline does for every frame
             query_ms.append((time.perf_counter() - t) * 1e3)
-            if gate.check(stamp, pose, d):
-                t = time.perf_counter()
-                rec.db.add(d, stamp, "camera", pose, thumbnail=thumb)
+            t = time.perf_counter()
+            kid, _ = mapper.offer(d, stamp, "camera", pose, thumbnail=thumb)  # the nodes' keyframe rule
+            if kid is not None:
                 bucket.append((time.perf_counter() - t) * 1e3)
-                gate.accept(stamp, pose, d)
+                rec.observe_keyframe(kid, stamp, pose)
                 n += 1
             if bucket and n % 2000 == 0 and len(bucket) == 2000:
                 rows.append([f"{n:,}", f"{statistics.median(bucket):.2f}", f"{np.percentile(bucket, 99):.2f}",

@@ -333,6 +333,11 @@ def test_restarted_recognizer_treats_the_sessions_newest_keyframes_as_recent(tmp
     assert rec.prime_from_map() == 10
     assert all(rec.query(x[9], 11 * 10**9).loop is None for _ in range(3))
     writer.close()
+    # localisation on a saved map (no writer): nothing is recent, every keyframe can be matched
+    rec = PlaceRecognizer(PlaceDatabase(tmp_path, follower=True), LoopClosureConfig(exclude_recent_count=20,
+                                                                                    consistency=1))
+    assert rec.prime_from_map() == 0
+    assert rec.query(x[9], 11 * 10**9).matches[0].keyframe_id == 10
 
 
 def _flip_every_byte(data: bytes, positions: range, work: Path, sig) -> dict[str, int]:

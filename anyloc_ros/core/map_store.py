@@ -261,6 +261,22 @@ class MapStore:
         self._has_removed = True
         return conn
 
+    def writer_active(self) -> bool:
+        """True while another process (or object) holds the map's writer lock."""
+        if self.writer:
+            return True
+        try:
+            fd = os.open(self.directory / self.LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ errors
     def error(self, action: str, exc: BaseException) -> MapError:
         kind = _classify(exc)

@@ -81,7 +81,7 @@ class PlaceRecognizer:
         """On start-up against a map that is being written: the active session's newest keyframes
         are recent, so a restarted recogniser never offers what the robot just added as a loop."""
         session = self.db.session
-        if not session:
+        if not session or not self.db.store.writer_active():  # localisation on a saved map: nothing is recent
             return 0
         c = self.config
         ids = self.db.ids(session)
