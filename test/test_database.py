@@ -70,14 +70,14 @@ def test_truncated_or_missing_index_is_rebuilt_from_sqlite(tmp_path):
     data = index_file.read_bytes()
     index_file.write_bytes(data[: len(data) // 3])  # power cut in the middle of a write
     db = PlaceDatabase(tmp_path, SIG)
-    assert db._index.ntotal == 50
+    assert db._index.index.ntotal == 50
     assert [r[0].keyframe_id for r in db.search(x[[3, 30]], 1)] == [4, 31]
     db.close()
     index_file.write_bytes(b"")
-    assert PlaceDatabase(tmp_path, SIG)._index.ntotal == 50
+    assert PlaceDatabase(tmp_path, SIG)._index.index.ntotal == 50
     index_file.unlink()
     db = PlaceDatabase(tmp_path, SIG)
-    assert db._index.ntotal == 50 and index_file.exists()
+    assert db._index.index.ntotal == 50 and index_file.exists()
 
 
 def test_corrupt_database_is_a_clear_error_naming_the_file(tmp_path):

@@ -181,7 +181,6 @@ def test_cli_reports_bad_files_in_one_line(tmp_path, tiny_model):
         assert_one_line_error(r, "encode", words)
     # compare on things that are not results
     (tmp_path / "list.json").write_text("[1, 2]")
-    (tmp_path / "nopr.json").write_text('{"format": "anyloc_ros.eval/1", "label": "x"}')
     from anyloc_ros.eval.evaluate import RESULT_FORMAT
 
     (tmp_path / "nopr.json").write_text(f'{{"format": "{RESULT_FORMAT}", "label": "x"}}')

@@ -343,12 +343,12 @@ class OnnxBackbone:
         self.std = tuple(float(s) for s in std)
         self.max_side = int(max_side)
         self.patch_size = int(patch_size)
+        self.model_path = path
         ch = out_shape[1] if output_layout == "nchw" else out_shape[-1]
         if not isinstance(ch, int):  # dynamic in the graph: ask the model once
             h, w = self.target_size(self.patch_size * 2, self.patch_size * 2)
             ch = self.forward(torch.zeros(1, 3, h, w)).shape[-1]
         self.feature_dim = int(ch)
-        self.model_path = path
         self.providers = self.session.get_providers()
         self._fingerprint = _file_fingerprint(path)
         # An extractor exported by `anyloc export-onnx` carries the signature of the DINOv2
@@ -385,8 +385,8 @@ class OnnxBackbone:
                 for i in range(0, len(x), step)
             ]
         except Exception as exc:  # onnxruntime's own exception types: wrong input type, size, ...
-            raise FeatureDimensionError(f"ONNX model {self.model_path.name if hasattr(self, 'model_path') else ''} "
-                                        f"failed on a {tuple(x.shape)} input: {str(exc)[:300]}") from exc
+            raise FeatureDimensionError(f"ONNX model {self.model_path.name} failed on a {tuple(x.shape)} input: "
+                                        f"{str(exc)[:300]}") from exc
         out = torch.from_numpy(np.concatenate(outs, axis=0))
         if out.ndim != 4:
             raise FeatureDimensionError(f"ONNX model {self.model_path.name} gave a rank-{out.ndim} output "

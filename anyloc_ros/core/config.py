@@ -224,6 +224,18 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def _as_declared(value: Any, tp: Any) -> Any:
+    """A well-typed value with ints turned into floats where the schema says float (also in lists)."""
+    origin = typing.get_origin(tp)
+    if tp is float:
+        return float(value)
+    if origin is list:
+        return [_as_declared(v, typing.get_args(tp)[0]) for v in value]
+    if origin in (Union, types.UnionType):
+        return _as_declared(value, next(a for a in typing.get_args(tp) if _type_ok(value, a)))
+    return value
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
@@ -244,12 +256,7 @@ def check_types(obj: Any, section: str) -> None:
             continue  # a nested section, checked by its own validate()
         if not _type_ok(value, tp):
             raise ConfigError(f"{section + '.' if section else ''}{f.name} must be {_type_name(tp)}, got {value!r}")
-        if tp is float or tp == (float | None):
-            if value is not None:
-                setattr(obj, f.name, float(value))
-        elif typing.get_origin(tp) in (Union, types.UnionType) and isinstance(value, list) and \
-                list[float] in typing.get_args(tp):
-            setattr(obj, f.name, [float(v) for v in value])
+        setattr(obj, f.name, _as_declared(value, tp))
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,9 @@ class PlaceDatabase:
         if creating:
             if not create or self.follower:
                 raise MapError(f"no map at {self.path} (missing {db_file})")
-            _check_signature(signature, self.path)
+            if signature is None:
+                raise MapError(f"creating a map at {self.path} needs the encoder signature")
+            _check_signature(signature, "the encoder signature")
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -95,7 +97,8 @@ class PlaceDatabase:
         self._store = store = MapStore(self.path, writer=not self.follower, durable=self.durable,
                                        create_meta={"encoder": record} if creating else None)
         stored = store.meta("encoder")
-        _check_signature(stored, self.path, what=f"the encoder record of {db_file}")
+        _check_signature(stored, f"the encoder record of {db_file}",
+                         "; the map is damaged or was written by another program: restore it from a backup")
         if signature is not None:
             diffs = [f"{k}: map {stored.get(k)!r} vs encoder {signature.get(k)!r}"
                      for k in ENCODER_KEYS if stored.get(k) != signature.get(k)]
@@ -123,10 +126,6 @@ class PlaceDatabase:
         if self._store is None:
             raise MapError(f"map {self.path} is closed")
         return self._store
-
-    @property
-    def read_only_filesystem(self) -> bool:
-        return bool(self._store and self._store.immutable)
 
     # ---------------------------------------------------------------- sessions
     def sessions(self) -> list[str]:
@@ -311,8 +310,9 @@ class PlaceDatabase:
             raise KeyError(keyframe_id)
         return kf
 
-    def keyframes_by_id(self, ids: Sequence[int] | np.ndarray) -> dict[int, Keyframe]:
-        return self.store.keyframes_by_id([int(i) for i in ids])
+    def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
+        """The session's `n` newest keyframes, oldest first."""
+        return self.store.newest_keyframes(session, n)
 
     def keyframes(self, session: str | None = None) -> list[Keyframe]:
         if session:
@@ -447,10 +447,7 @@ class PlaceDatabase:
         if self.follower:
             return
         with self._lock:
-            try:
-                self.store.conn.execute("PRAGMA wal_checkpoint(FULL)")
-            except Exception as exc:  # sqlite3.Error
-                raise self.store.error("save", exc) from exc
+            self.store.checkpoint()
             self.save_index()
 
     save = flush
@@ -484,13 +481,13 @@ class PlaceDatabase:
         self.close()
 
 
-def _check_signature(sig: Any, path: Path, what: str = "the encoder signature") -> None:
+def _check_signature(sig: Any, what: str, hint: str = "") -> None:
+    """An encoder signature is a mapping with the descriptor dimension 'dim' (a positive integer)."""
     if not isinstance(sig, dict):
-        raise MapError(f"creating a map at {path} needs the encoder signature" if sig is None and "record" not in what
-                       else f"{what} is damaged (not a JSON object); restore the map from a backup")
+        raise MapError(f"{what} is not a JSON object{hint}")
     dim = sig.get("dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise MapError(f"{what} must include the descriptor dimension 'dim' (a positive integer), got {dim!r}")
+        raise MapError(f"{what} must include the descriptor dimension 'dim' (a positive integer), got {dim!r}{hint}")
 
 
 def _int(v: Any) -> int:

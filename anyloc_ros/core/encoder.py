@@ -85,8 +85,6 @@ class Encoder:
         self.backbone = backbone
         self.aggregator = aggregator
         self.vocabulary = vocabulary
-        self.pca = None
-        self.dim = agg_dim
         if pca is not None:
             pca.check_fitted_for(self.pca_binding())
         self.pca = pca
@@ -117,6 +115,13 @@ class Encoder:
 
     def signature(self) -> dict[str, Any]:
         """Everything that must match for two descriptors to be comparable."""
+        sig = self.pca_binding()
+        sig["pca"] = _hash(self.pca.components) if self.pca is not None else None
+        sig["dim"] = self.dim
+        return sig
+
+    def pca_binding(self) -> dict[str, Any]:
+        """What a PCA is fitted to: the un-projected descriptors of this backbone and aggregation."""
         sig = dict(self.backbone.signature())
         if isinstance(self.aggregator, VLAD):
             sig["aggregation"] = f"vlad-{self.aggregator.mode}-k{self.aggregator.num_clusters}"
@@ -126,13 +131,7 @@ class Encoder:
         else:
             sig["aggregation"] = f"gem-p{self.aggregator.p:g}"
             sig["vocabulary"] = None
-        sig["pca"] = _hash(self.pca.components) if self.pca is not None else None
-        sig["dim"] = self.dim
         return sig
-
-    def pca_binding(self) -> dict[str, Any]:
-        """What a PCA is fitted to: the un-projected descriptors of this backbone and aggregation."""
-        return {k: v for k, v in self.signature().items() if k not in ("pca", "dim")}
 
     def aggregate(self, features: torch.Tensor) -> np.ndarray:
         """(B, h, w, D) or (B, N, D) patch features -> (B, dim) descriptors."""

@@ -35,31 +35,38 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Yield an open file written aside `path`; on success it is fsynced and renamed over `path`."""
-    path = Path(path)
+def _written_aside(path: Path) -> Iterator[tuple[int, Path]]:
+    """A file created exclusively beside `path` (its descriptor and name); on success it is
+    fsynced and renamed over `path`, and the directory fsynced. Removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved files get the usual permissions
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, tmp
+        os.fsync(fd)  # the inode: also what others wrote to it by name
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
+        os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
 @contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Yield an open file written aside `path`; on success it is fsynced and renamed over `path`."""
+    with _written_aside(Path(path)) as (fd, _), os.fdopen(os.dup(fd), mode) as f:
+        yield f
+        f.flush()
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Like `atomic_file`, for writers that need a path: the yielded path is a file this
-    process created exclusively (write it by name; it is never a planted symlink)."""
-    with atomic_file(path) as f:
-        yield Path(f.name)
+    """Like `atomic_file`, for writers that open the file by name (SQLite): the yielded path is a
+    file this process created exclusively, never a planted symlink."""
+    with _written_aside(Path(path)) as (_, tmp):
+        yield tmp
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:

@@ -103,6 +103,9 @@ def decode_image_bytes(data: bytes | np.ndarray, what: str = "encoded image") ->
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageError(f"{what} could not be decoded (corrupt or unsupported format)")
+    if size is None and bgr.shape[0] * bgr.shape[1] > max_image_pixels():  # a header Pillow cannot read
+        raise ImageError(f"{what} has {bgr.shape[1]}x{bgr.shape[0]} pixels, over the limit of {max_image_pixels()} "
+                         "(max_image_pixels)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -115,10 +118,7 @@ def load_image(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"image file {path} cannot be read: {exc.strerror}") from exc
-    rgb = decode_image_bytes(data, what=f"image file {path}")
-    if rgb.shape[0] * rgb.shape[1] > max_image_pixels():  # formats whose header PIL cannot read
-        raise ImageError(f"image file {path} has {rgb.shape[1]}x{rgb.shape[0]} pixels, over the limit")
-    return rgb
+    return decode_image_bytes(data, what=f"image file {path}")
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -73,14 +73,15 @@ class KeyframeGate:
         self._seen_ns: int | None = None
 
     def _watch_clock(self, stamp_ns: int) -> None:
-        prev, self._seen_ns = self._seen_ns, stamp_ns if self._seen_ns is None else max(self._seen_ns, stamp_ns)
-        if prev is not None and (prev - stamp_ns) * 1e-9 > self.config.clock_jump_s:
+        newest = self._seen_ns  # the newest stamp seen since the last jump
+        if newest is not None and (newest - stamp_ns) * 1e-9 > self.config.clock_jump_s:
             self.clock_jumps += 1
-            self.last_clock_jump = (f"clock jumped back {(prev - stamp_ns) * 1e-9:.1f} s (frame stamp "
-                                    f"{stamp_ns * 1e-9:.3f} s after {prev * 1e-9:.3f} s); keyframe timing re-anchored")
-            self._seen_ns = stamp_ns
+            self.last_clock_jump = (f"clock jumped back {(newest - stamp_ns) * 1e-9:.1f} s (frame stamp "
+                                    f"{stamp_ns * 1e-9:.3f} s after {newest * 1e-9:.3f} s); keyframe timing re-anchored")
+            newest = None
             if self._stamp_ns is not None and self._stamp_ns > stamp_ns:
                 self._stamp_ns = stamp_ns  # time-based rules restart from here; poses still decide
+        self._seen_ns = stamp_ns if newest is None else max(newest, stamp_ns)
 
     def check(self, stamp_ns: int, pose: Pose | None = None, descriptor: np.ndarray | None = None) -> str | None:
         """The reason this frame should become a keyframe, or None."""

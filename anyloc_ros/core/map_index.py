@@ -108,10 +108,6 @@ class MapIndex:
     def on_gpu(self) -> bool:
         return self._gpu is not None
 
-    @property
-    def ntotal(self) -> int:
-        return 0 if self.index is None else int(self.index.ntotal)
-
     # ---------------------------------------------------------------- building
     def build(self, n: int, sample: Any, batches: Any) -> None:
         """A fresh index over `batches()` ((ids, descriptors) pairs), trained on `sample()` for IVF."""

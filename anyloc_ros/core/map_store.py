@@ -24,13 +24,13 @@ Safety rules, each a fault a robot or an attacker can cause:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
 import sqlite3
-import tempfile
 import time
 import urllib.parse
 import uuid
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MapError
-from .fileio import TMP_MARK, fsync_dir, is_regular_file, remove_stale_temporaries
+from .fileio import atomic_path, describe_os_error, is_regular_file, remove_stale_temporaries
 from .geometry import Pose
 from .types import Keyframe
 
@@ -104,7 +104,6 @@ class MapStore:
         self.directory = directory
         self.file = directory / self.FILE
         self.writer = writer
-        self.immutable = False
         self._lock_file: Any = None
         self._conn: sqlite3.Connection | None = None
         try:
@@ -128,12 +127,12 @@ class MapStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            if exc.errno in (30, 13, 1):  # EROFS, EACCES, EPERM
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise MapError(f"map directory {self.directory} is read-only ({exc.strerror}): mapping needs a "
                                "writable directory; open the map for localisation only (a follower) or make it "
                                "writable") from exc
             raise MapError(f"cannot lock map {self.directory}: {self.LOCK} {exc.strerror}"
-                           + (" (a symlink: refusing to follow it)" if exc.errno == 40 else "")) from exc
+                           + (" (a symlink: refusing to follow it)" if exc.errno == errno.ELOOP else "")) from exc
         f = os.fdopen(fd, "r+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -151,32 +150,22 @@ class MapStore:
 
     def _create(self, meta: dict[str, Any]) -> None:
         """Build the new map aside and rename it into place: readers never see a half-made map."""
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.FILE}{TMP_MARK}", dir=self.directory)
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.executescript(_SCHEMA)
-                conn.execute("BEGIN")
-                for k, v in dict(meta, format=FORMAT, map_id=uuid.uuid4().hex, created=time.time()).items():
-                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            os.chmod(tmp, 0o644)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.file)
-            fsync_dir(self.directory)
+            with atomic_path(self.file) as tmp:
+                conn = sqlite3.connect(tmp, isolation_level=None)
+                try:
+                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                    conn.executescript(_SCHEMA)
+                    conn.execute("BEGIN")
+                    for k, v in dict(meta, format=FORMAT, map_id=uuid.uuid4().hex, created=time.time()).items():
+                        self.set_meta(conn, k, v)
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
         except sqlite3.Error as exc:
             raise MapError(f"cannot create map {self.file}: {exc}") from exc
         except OSError as exc:
-            raise MapError(f"cannot create map {self.file}: {exc.strerror}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            raise MapError(f"cannot create map {self.file}: {describe_os_error(exc)}") from exc
 
     def _check_header(self) -> int:
         """The SQLite application_id of the file, after checking (without SQLite, without
@@ -215,12 +204,14 @@ class MapStore:
                 ro = self._connect_ro(immutable=False)
                 check = ro.execute("PRAGMA quick_check").fetchone()[0]
             except sqlite3.OperationalError as exc:
-                if self.writer or _classify(exc) == "damaged" and "unable to open" not in str(exc):
+                # On a read-only file system SQLite cannot create the WAL index ("unable to open");
+                # nothing can change the file there, so a follower reads it as immutable.
+                read_only_fs = "unable to open" in str(exc) or _classify(exc) != "damaged"
+                if self.writer or not read_only_fs:
                     raise
-                # A read-only file system: SQLite cannot create the WAL index; nothing can change the file.
                 ro = self._connect_ro(immutable=True)
                 check = ro.execute("PRAGMA quick_check").fetchone()[0]
-                self.immutable = True
+                log.info("map %s is on a read-only file system: opened as immutable", self.directory)
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -369,8 +360,8 @@ class MapStore:
         for part in _chunks(ids):
             for kid, blob in self.read(f"SELECT id, descriptor FROM keyframes WHERE id IN "
                                        f"({','.join('?' * len(part))})", part):
-                if isinstance(blob, bytes) and len(blob) == 4 * dim and kid in pos:
-                    out[pos[kid]] = np.frombuffer(blob, np.float32)
+                if kid in pos:
+                    _decode_descriptor(blob, out[pos[kid]])
         return out
 
     def iter_descriptors(self, dim: int, chunk: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -382,10 +373,21 @@ class MapStore:
             ids = np.array([r[0] for r in rows], np.int64)
             descs = np.full((len(rows), dim), np.nan, np.float32)
             for j, (_, blob) in enumerate(rows):
-                if isinstance(blob, bytes) and len(blob) == 4 * dim:
-                    descs[j] = np.frombuffer(blob, np.float32)
+                _decode_descriptor(blob, descs[j])
             last = int(ids[-1])
             yield ids, descs
+
+    def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
+        """The session's `n` newest keyframes, oldest first."""
+        rows = self.keyframes("WHERE session=? ORDER BY id DESC LIMIT ?", (session, int(n)))
+        return rows[::-1]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the main file (durability with durable=False)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        except sqlite3.Error as exc:
+            raise self.error("save", exc) from exc
 
     def blob(self, column: str, keyframe_id: int) -> Any:
         rows = self.read(f"SELECT {column} FROM keyframes WHERE id=?", (int(keyframe_id),))
@@ -424,6 +426,12 @@ def keyframe_from_row(row: Sequence[Any]) -> Keyframe | None:
     except (TypeError, ValueError):
         log.error("map keyframe row %r is damaged; ignored", row[0])
         return None
+
+
+def _decode_descriptor(blob: Any, out: np.ndarray) -> None:
+    """Fill `out` from a descriptor BLOB; a damaged one (wrong type or size) leaves it NaN."""
+    if isinstance(blob, bytes) and len(blob) == 4 * len(out):
+        out[:] = np.frombuffer(blob, np.float32)
 
 
 def _json(text: Any) -> Any:

@@ -5,7 +5,8 @@ their results agree:
 
     recognizer = PlaceRecognizer(db, LoopClosureConfig(), compressor)
     result = recognizer.query(descriptor, stamp_ns, pose, patches)   # before adding it
-    if gate.check(...): recognizer.add_keyframe(descriptor, stamp_ns, pose=pose, patches=...)
+    kid, _ = mapper.offer(descriptor, stamp_ns, pose=pose, patches=...)   # core/mapping.py
+    if kid is not None: recognizer.observe_keyframe(kid, stamp_ns, pose)
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class PlaceRecognizer:
     def add_keyframe(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str = "",
                      pose: Pose | None = None, patches: np.ndarray | None = None) -> int:
         kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches)
-        self.filter.observe_keyframe(kid, stamp_ns, self.db.session, pose)
+        self.observe_keyframe(kid, stamp_ns, pose)
         return kid
 
     def observe_keyframe(self, keyframe_id: int, stamp_ns: int, pose: Pose | None = None,
@@ -83,10 +84,7 @@ class PlaceRecognizer:
         session = self.db.session
         if not session or not self.db.store.writer_active():  # localisation on a saved map: nothing is recent
             return 0
-        c = self.config
-        ids = self.db.ids(session)
-        tail = self.db.keyframes_by_id(ids[-max(4 * c.exclude_recent_count, 1000):]) if len(ids) else {}
-        for kid in sorted(tail):
-            kf = tail[kid]
+        tail = self.db.newest_keyframes(session, max(4 * self.config.exclude_recent_count, 1000))
+        for kf in tail:
             self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
         return len(tail)

@@ -45,8 +45,9 @@ def read_positives_csv(path: str | Path, n_queries: int | None = None) -> list[s
         with path.open() as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            lines = ([header] if header and header[0].strip().isdigit() else []) + list(reader)  # header optional
-            for ln, r in enumerate(lines, start=1 if not header or header[0].strip().isdigit() else 2):
+            numbered = bool(header) and header[0].strip().isdigit()  # the header line is optional
+            lines = ([header] if numbered else []) + list(reader)
+            for ln, r in enumerate(lines, start=1 if numbered or not header else 2):
                 if not r:
                     continue
                 q = int(r[0])

@@ -90,7 +90,6 @@ class MappingNode(Node):
         self.gate_config.validate()
         self.db: PlaceDatabase | None = None
         self.mapper: Mapper | None = None
-        self._clock_jumps = 0
         self.map_encoder_id = ""
         self.poses = PoseInput(self, p, self.stats)
         self._pending: deque[DescriptorFrame] = deque(maxlen=100)
@@ -212,9 +211,8 @@ class MappingNode(Node):
 
     def _report_clock_jumps(self) -> None:
         gate = self.mapper.gate
-        if gate.clock_jumps != self._clock_jumps:
-            self.stats.inc("clock_jumps", gate.clock_jumps - self._clock_jumps)
-            self._clock_jumps = gate.clock_jumps
+        if gate.clock_jumps != self.stats.counts.get("clock_jumps", 0):
+            self.stats.counts["clock_jumps"] = gate.clock_jumps
             self.get_logger().warn(gate.last_clock_jump)
 
     def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
