@@ -226,7 +226,7 @@ class PlaceDatabase:
     def _index_add(self, descs: np.ndarray, ids: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        if self._index.needs_training(len(self)):
+        if self._index.needs_training(self.__len__):
             self.reindex()  # enough keyframes to train: rebuild as IVF, includes these
             return
         self._index.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,9 @@ class MapIndex:
         self.trained = train
         self.index = self._maybe_gpu(cpu)
 
-    def needs_training(self, n: int) -> bool:
-        return self.config.type == "ivf" and not self.trained and n >= self.config.ivf_threshold()
+    def needs_training(self, count: Callable[[], int]) -> bool:
+        """IVF not trained yet and `count()` keyframes to train on (counted only for IVF: it is a query)."""
+        return self.config.type == "ivf" and not self.trained and count() >= self.config.ivf_threshold()
 
     def _maybe_gpu(self, index: Any) -> Any:
         import faiss
