@@ -36,7 +36,7 @@ def max_image_pixels() -> int:
     return _limit["pixels"]
 
 
-def declared_size(data: bytes) -> tuple[int, int] | None:
+def declared_size(data: bytes, what: str = "image") -> tuple[int, int] | None:
     """(width, height) from an encoded image's header, without decoding it; None if unknown."""
     import io
 
@@ -46,7 +46,7 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             return int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError as exc:  # Pillow's own guard (beyond ~179 MP)
-        raise ImageError(f"image declares more pixels than Pillow's guard allows, over the limit of "
+        raise ImageError(f"{what} declares more pixels than Pillow's guard allows, over the limit of "
                          f"{max_image_pixels()} (max_image_pixels); refused without decoding") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
@@ -95,7 +95,7 @@ def decode_image_bytes(data: bytes | np.ndarray, what: str = "encoded image") ->
     data = bytes(data)
     if not data:
         raise ImageError(f"{what} is empty")
-    size = declared_size(data)  # checked before decoding: a decompression bomb is refused cheaply
+    size = declared_size(data, what)  # checked before decoding: a decompression bomb is refused cheaply
     if size is not None and size[0] * size[1] > max_image_pixels():
         raise ImageError(f"{what} declares {size[0]}x{size[1]} pixels, over the limit of {max_image_pixels()} "
                          "(max_image_pixels); refused without decoding")
