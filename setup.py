@@ -33,7 +33,7 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "anyloc = anyloc_ros.cli:main",
+            "anyloc = anyloc_ros.tools.cli:main",
             "anyloc_encoder_node = anyloc_ros.nodes.encoder_node:main",
             "anyloc_mapping_node = anyloc_ros.nodes.mapping_node:main",
             "anyloc_recognition_node = anyloc_ros.nodes.recognition_node:main",

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from _common import REPO, SHARED, record, table  # noqa: I001
 
-from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, isolated_dds_env, write_params
+from anyloc_ros.tools.ros_driver import DriverNode, NodeProcess, image_msg, isolated_dds_env, write_params
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(100, 200)))
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_localhost.xml"))
+# Node and CLI processes started by tests run this source tree, not an older installed copy.
+os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+os.environ["PYTHONUNBUFFERED"] = "1"
 
 
 def require(path: Path) -> Path:

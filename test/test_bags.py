@@ -14,7 +14,7 @@ XFEAT_CFG = REPO / "config" / "encoders" / "xfeat_vlad.yaml"
 
 
 def anyloc(*args):
-    return subprocess.run([sys.executable, "-m", "anyloc_ros.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=900)
 
 

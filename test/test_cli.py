@@ -12,7 +12,7 @@ XFEAT_CFG = REPO / "config" / "encoders" / "xfeat_vlad.yaml"
 
 
 def anyloc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "anyloc_ros.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.realdata

@@ -22,7 +22,7 @@ from .test_backbones import save_tiny_dinov2
 
 
 def anyloc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "anyloc_ros.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -294,10 +294,10 @@ def test_duplicated_or_truncated_ground_truth_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------- replay and nodes
 def test_offline_replay_skips_and_counts_bad_frames_like_the_nodes(tmp_path, tiny_model):
     import cv2
+    import yaml
 
-    from anyloc_ros.core.config import EncoderConfig
-    from anyloc_ros.core.loop_closure import KeyframeGateConfig
-    from anyloc_ros.eval.bags import BagMessage, replay_offline
+    from anyloc_ros.tools.bags import BagMessage
+    from anyloc_ros.tools.replay import replay_offline
 
     def stamp(i):
         return SimpleNamespace(sec=1000 + i, nanosec=0)
@@ -319,10 +319,13 @@ def test_offline_replay_skips_and_counts_bad_frames_like_the_nodes(tmp_path, tin
     for i in range(8):
         msgs.append(odom(i, 1.0 if i != 3 else 7.0))  # one non-unit quaternion
         msgs.append(image(i, good if i != 5 else b"\xff\xd8 corrupt"))  # one corrupt JPEG
-    cfg = EncoderConfig.from_dict({"backbone": {"type": "dinov2", "model": str(tiny_model), "layer": 2,
-                                                "max_side": 56, "device": "cpu"}, "aggregation": {"type": "gem"}})
-    res = replay_offline(msgs, cfg, tmp_path / "map", False, LoopClosureConfig(), KeyframeGateConfig(),
-                         rerank_patches=(4, 16))
+    enc = tmp_path / "enc.yaml"
+    enc.write_text(yaml.safe_dump({"backbone": {"type": "dinov2", "model": str(tiny_model), "layer": 2,
+                                                "max_side": 56, "device": "cpu"}, "aggregation": {"type": "gem"}}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"encoder_node": {"ros__parameters": {"encoder_config": str(enc), "patch_dim": 4,
+                                                                           "patch_grid": 16}}}))
+    res = replay_offline(msgs, params, tmp_path / "map", False)
     assert res.skipped == {"poses": 1, "images": 1}
     assert len(res.frames) == 7
 
@@ -330,7 +333,8 @@ def test_offline_replay_skips_and_counts_bad_frames_like_the_nodes(tmp_path, tin
 def test_descriptor_without_encoder_id_is_refused_by_a_map_of_another_encoder():
     from anyloc_ros.msg import PlaceDescriptor
 
-    from anyloc_ros.nodes.common import RateStats, accept_descriptor
+    from anyloc_ros.nodes.descriptor_msg import accept_descriptor
+    from anyloc_ros.nodes.diagnostics import RateStats
 
     class Node:
         def get_name(self):

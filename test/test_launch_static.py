@@ -8,20 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from anyloc_ros.nodes.encoder_node import PARAMS as ENCODER
-from anyloc_ros.nodes.mapping_node import PARAMS as MAPPING
-from anyloc_ros.nodes.recognition_node import PARAMS as RECOGNITION
+from anyloc_ros.core.params import NODE_PARAMETERS, node_specs
 
 from .conftest import REPO
 
-DECLARED = {
-    "encoder_node": {p.name for p in ENCODER},
-    "mapping_node": {p.name for p in MAPPING},
-    "recognition_node": {p.name for p in RECOGNITION},
-}
-DECLARED["anyloc_pipeline"] = set().union(*DECLARED.values()) | {"mode"}
+DECLARED = {node: {p.name for p in node_specs(node)} for node in NODE_PARAMETERS}
+DECLARED["anyloc_pipeline"] = set().union(*DECLARED.values())  # the pipeline process hosts all three
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 
 
@@ -77,27 +70,6 @@ def test_launch_executables_are_installed_and_parameters_declared():
     default = re.search(r'"params_file",\s*default_value=PathJoinSubstitution\(\[FindPackageShare\("anyloc_ros"\), '
                         r'"config",\s*"([^"]+)"\]\)', (REPO / "launch" / "anyloc.launch.py").read_text())
     assert default and (REPO / "config" / default.group(1)).is_file()
-
-
-@pytest.mark.parametrize("params_file", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_params_files_only_set_declared_parameters(params_file):
-    for section, body in yaml.safe_load(params_file.read_text()).items():
-        # a '/**' section is shared: each key must be declared by at least one node
-        allowed = set().union(*DECLARED.values()) if section == "/**" else DECLARED[section]
-        undeclared = set(body["ros__parameters"]) - allowed
-        assert not undeclared, f"{params_file.name} [{section}] sets undeclared {undeclared}"
-
-
-def test_every_declared_parameter_has_a_description_and_valid_default():
-    for specs in (ENCODER, MAPPING, RECOGNITION):
-        names = [p.name for p in specs]
-        assert len(names) == len(set(names))
-        for p in specs:
-            assert p.description
-            if p.choices:
-                assert p.default in p.choices
-            if p.min is not None:
-                assert p.min <= p.default <= p.max
 
 
 def test_launch_testing_descriptions_build_where_available():

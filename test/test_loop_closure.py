@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from anyloc_ros.core.database import Match, PlaceDatabase
+from anyloc_ros.core.database import PlaceDatabase
 from anyloc_ros.core.errors import ConfigError
 from anyloc_ros.core.geometry import Pose
 from anyloc_ros.core.loop_closure import (
@@ -15,8 +15,10 @@ from anyloc_ros.core.loop_closure import (
     LoopClosureFilter,
     Query,
 )
+from anyloc_ros.core.mapping import Mapper
 from anyloc_ros.core.recognition import PlaceRecognizer
 from anyloc_ros.core.rerank import PatchCompressor, mutual_nn_count
+from anyloc_ros.core.types import Match
 
 S = 10**9
 
@@ -117,6 +119,7 @@ def run_trajectory(tmp_path, stream, config: LoopClosureConfig, gap_s: int = 30)
     every frame queried before it is added. Returns loop closures per split."""
     db = PlaceDatabase(tmp_path, {"backbone": "xfeat", "dim": stream["ref"][0].shape[1]}, durable=False)
     rec = PlaceRecognizer(db, config)
+    mapper = Mapper(db, KeyframeGateConfig(min_distance_m=0.0, no_pose_interval_s=0.0))  # every frame a keyframe
     loops = {"ref": [], "query": []}
     t0 = {"ref": 0, "query": 111 + gap_s}
     for split in ("ref", "query"):
@@ -126,7 +129,8 @@ def run_trajectory(tmp_path, stream, config: LoopClosureConfig, gap_s: int = 30)
             res = rec.query(descs[i], stamp, patches=patches[i])
             if res.loop:
                 loops[split].append((i, res.loop.match.keyframe_id, res.loop))
-            rec.add_keyframe(descs[i], stamp, patches=patches[i])
+            kid, _ = mapper.offer(descs[i], stamp, patches=patches[i])
+            rec.observe_keyframe(kid, stamp)
     return loops
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from anyloc_ros.core.database import PlaceDatabase
-from anyloc_ros.nodes.common import encoder_id, float32_array
-from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, write_params
+from anyloc_ros.core.types import EncoderSignature
+from anyloc_ros.nodes.descriptor_msg import float32_array
+from anyloc_ros.tools.ros_driver import DriverNode, NodeProcess, image_msg, write_params
 
 from .conftest import REPO, XFEAT_ONNX, require
 
@@ -25,7 +26,7 @@ def descriptor_msg(i: int, dim: int = 64, sig=SIG):
     from anyloc_ros.msg import PlaceDescriptor
 
     v = np.random.default_rng(i).normal(size=dim).astype(np.float32)
-    m = PlaceDescriptor(seq=i, encoder_id=encoder_id(sig))
+    m = PlaceDescriptor(seq=i, encoder_id=EncoderSignature(sig).id)
     m.header.stamp.sec, m.header.stamp.nanosec = 1000 + i // 100, (i % 100) * 10_000_000
     m.descriptor = float32_array(v / np.linalg.norm(v))
     return m
@@ -34,7 +35,7 @@ def descriptor_msg(i: int, dim: int = 64, sig=SIG):
 def latched_signature(t: DriverNode, sig=SIG):
     from std_msgs.msg import String
 
-    from anyloc_ros.nodes.common import latched_qos
+    from anyloc_ros.nodes.qos import latched_qos
 
     pub = t.node.create_publisher(String, "encoder_info", latched_qos())
     pub.publish(String(data=json.dumps(sig, sort_keys=True)))
@@ -95,7 +96,7 @@ def test_bad_descriptors_and_odometry_are_refused_and_nodes_keep_serving(tmp_pat
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
 
-    from anyloc_ros.nodes.process import odom_msg
+    from anyloc_ros.tools.ros_driver import odom_msg
 
     pfile = write_params(tmp_path / "p.yaml", {"/**": {"map_path": str(tmp_path / "map"), "pose_source": "odom",
                                                        "keyframe.min_distance_m": 0.0, "pose.wait_s": 0.5,

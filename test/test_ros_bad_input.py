@@ -5,7 +5,7 @@ import time
 import cv2
 import pytest
 
-from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, write_params
+from anyloc_ros.tools.ros_driver import DriverNode, NodeProcess, image_msg, write_params
 
 from .conftest import REPO, XFEAT_ONNX, require
 

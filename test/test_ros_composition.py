@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from anyloc_ros.nodes.process import DriverNode, NodeProcess, image_msg, publish_traversal, write_params
+from anyloc_ros.tools.ros_driver import DriverNode, NodeProcess, image_msg, publish_traversal, write_params
 
 from .conftest import REPO, XFEAT_ONNX, require
 

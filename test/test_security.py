@@ -40,7 +40,7 @@ def test_map_writes_stay_inside_the_map_directory(tmp_path):
 
 
 def test_node_path_parameters_are_validated(tmp_path):
-    from anyloc_ros.nodes.common import ParameterError, validate_map_path
+    from anyloc_ros.nodes.parameters import ParameterError, validate_map_path
 
     f = tmp_path / "a_file"
     f.write_text("x")

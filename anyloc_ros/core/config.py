@@ -23,6 +23,7 @@ import yaml
 
 from .backbones import DINOV2_SIZES, FACETS
 from .errors import ConfigError
+from .settings import setting
 
 PRESETS: dict[str, dict[str, Any]] = {
     # AnyLoc's best: DINOv2 ViT-G/14, layer 31, value facet, hard VLAD over 32 clusters.
@@ -204,6 +205,35 @@ class EncoderConfig:
         # A DINOv2 model given as a directory relative to the file (hub ids stay as they are).
         if self.backbone.type == "dinov2" and (base / self.backbone.model).is_dir():
             self.backbone.model = str((base / self.backbone.model).resolve())
+
+
+@dataclass
+class EncoderSelection:
+    """Which encoder a node or command runs: a config file or a preset, plus the usual overrides.
+
+    The nodes read these as ROS parameters and the CLI as `--config/--preset/--vocabulary/
+    --pca/--device`; both build the EncoderConfig here."""
+
+    encoder_config: str = setting("", "encoder config YAML (backbone + aggregation + PCA); empty = encoder_preset")
+    encoder_preset: str = setting("dinov2_vitg14_vlad", "named encoder preset used when encoder_config is empty",
+                                  choices=tuple(PRESETS))
+    vocabulary: str = setting("", "VLAD vocabulary file; overrides the encoder config's aggregation.vocabulary")
+    pca: str = setting("", "PCA file; overrides the encoder config's projection.pca")
+    device: str = setting("", "encoder device: auto (CUDA if available), cpu, cuda, cuda:N; empty = the encoder "
+                          "config's backbone.device (auto unless set)")
+
+    def build(self) -> EncoderConfig:
+        if self.encoder_config:
+            cfg = EncoderConfig.from_yaml(self.encoder_config)
+        else:
+            cfg = EncoderConfig.from_dict({"preset": self.encoder_preset})
+        if self.vocabulary:
+            cfg.aggregation.vocabulary = str(Path(self.vocabulary).expanduser().resolve())
+        if self.pca:
+            cfg.projection.pca = str(Path(self.pca).expanduser().resolve())
+        if self.device:
+            cfg.backbone.device = self.device
+        return cfg.validate()
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -38,13 +38,9 @@ from .errors import FeatureDimensionError, MapError
 from .geometry import Pose
 from .map_index import IndexConfig, MapIndex, build_index, index_config_from_dict
 from .map_store import MapStore, validate_session_id
-from .types import Keyframe, MapStats, Match
+from .types import EncoderSignature, Keyframe, MapStats, Match
 
 log = logging.getLogger(__name__)
-
-# Encoder signature fields that must match for descriptors to be comparable.
-ENCODER_KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim")
-
 
 class PlaceDatabase:
     DB_FILE = MapStore.FILE
@@ -88,24 +84,24 @@ class PlaceDatabase:
                 raise MapError(f"no map at {self.path} (missing {db_file})")
             if signature is None:
                 raise MapError(f"creating a map at {self.path} needs the encoder signature")
-            _check_signature(signature, "the encoder signature")
+            signature = EncoderSignature.checked(signature, "the encoder signature")
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MapError(f"cannot create the map directory {self.path}: {exc.strerror}") from exc
-        record = {k: signature.get(k) for k in ENCODER_KEYS} | signature if creating and signature else None
+        record = {k: signature.get(k) for k in EncoderSignature.KEYS} | signature if creating and signature else None
         self._store = store = MapStore(self.path, writer=not self.follower, durable=self.durable,
                                        create_meta={"encoder": record} if creating else None)
         stored = store.meta("encoder")
-        _check_signature(stored, f"the encoder record of {db_file}",
-                         "; the map is damaged or was written by another program: restore it from a backup")
+        stored = EncoderSignature.checked(
+            stored, f"the encoder record of {db_file}",
+            "; the map is damaged or was written by another program: restore it from a backup")
         if signature is not None:
-            diffs = [f"{k}: map {stored.get(k)!r} vs encoder {signature.get(k)!r}"
-                     for k in ENCODER_KEYS if stored.get(k) != signature.get(k)]
+            diffs = stored.diff(signature)
             if diffs:
                 raise MapError(f"map {self.path} was built with another encoder (" + "; ".join(diffs) + "); "
                                "use the map's encoder config or start a new map")
-        self.encoder_signature: dict[str, Any] = stored
+        self.encoder_signature = stored
         self.dim = int(stored["dim"])
         self.map_id = store.ensure_meta("map_id", lambda: uuid.uuid4().hex)
         self._next_id = max(_int(store.meta("last_id")), store.max_id()) + 1  # ids are never reused
@@ -479,15 +475,6 @@ class PlaceDatabase:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _check_signature(sig: Any, what: str, hint: str = "") -> None:
-    """An encoder signature is a mapping with the descriptor dimension 'dim' (a positive integer)."""
-    if not isinstance(sig, dict):
-        raise MapError(f"{what} is not a JSON object{hint}")
-    dim = sig.get("dim")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise MapError(f"{what} must include the descriptor dimension 'dim' (a positive integer), got {dim!r}{hint}")
 
 
 def _int(v: Any) -> int:

@@ -26,6 +26,7 @@ from .config import EncoderConfig
 from .errors import ConfigError, FeatureDimensionError, ImageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
 from .projection import PCA
+from .types import EncoderSignature, digest
 from .vocabulary import Vocabulary
 
 
@@ -73,7 +74,7 @@ class Encoder:
         config: EncoderConfig | None = None,
         batch_size: int = 8,
     ) -> None:
-        if vocabulary is not None:
+        if vocabulary is not None:  # the one compatibility check (every constructor path passes here)
             vocabulary.check_compatible(backbone.signature())
         if isinstance(aggregator, VLAD) and aggregator.feature_dim != backbone.feature_dim:
             raise FeatureDimensionError(
@@ -106,17 +107,16 @@ class Encoder:
             if not agg.vocabulary:
                 raise ConfigError("aggregation.vocabulary is required for VLAD; build one with `anyloc build-vocab`")
             vocab = Vocabulary.load(agg.vocabulary)
-            vocab.check_compatible(backbone.signature())
             aggregator: VLAD | GeM = VLAD(vocab.centers, agg.mode, agg.soft_temperature, agg.intra_norm)
         else:
             aggregator = GeM(agg.p)
         pca = PCA.load(config.projection.pca) if config.projection.pca else None
         return cls(backbone, aggregator, pca, vocab, config, config.batch_size)
 
-    def signature(self) -> dict[str, Any]:
+    def signature(self) -> EncoderSignature:
         """Everything that must match for two descriptors to be comparable."""
-        sig = self.pca_binding()
-        sig["pca"] = _hash(self.pca.components) if self.pca is not None else None
+        sig = EncoderSignature(self.pca_binding())
+        sig["pca"] = digest(self.pca.components) if self.pca is not None else None
         sig["dim"] = self.dim
         return sig
 
@@ -127,7 +127,7 @@ class Encoder:
             sig["aggregation"] = f"vlad-{self.aggregator.mode}-k{self.aggregator.num_clusters}"
             if self.aggregator.mode == "soft":
                 sig["aggregation"] += f"-t{self.aggregator.soft_temperature:g}"
-            sig["vocabulary"] = self.vocabulary.content_hash() if self.vocabulary else _hash(self.aggregator.centers)
+            sig["vocabulary"] = self.vocabulary.content_hash() if self.vocabulary else digest(self.aggregator.centers)
         else:
             sig["aggregation"] = f"gem-p{self.aggregator.p:g}"
             sig["vocabulary"] = None
@@ -190,8 +190,3 @@ class Encoder:
         self.timings = t
         return out, feats
 
-
-def _hash(a: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()[:16]

@@ -23,23 +23,28 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from .errors import ConfigError
 from .geometry import Pose
+from .settings import setting
 from .types import Match
 
 
 @dataclass
 class KeyframeGateConfig:
-    min_distance_m: float = 0.5  # with poses: add after moving this far ...
-    min_rotation_deg: float = 15.0  # ... or turning this much
-    max_interval_s: float = 0.0  # with poses: also add after this long (0 = off)
-    no_pose_interval_s: float = 1.0  # without poses: add at this interval
-    min_interval_s: float = 0.0  # never add faster than this
-    novelty_threshold: float = 0.0  # add when cosine similarity to the last keyframe < this (0 = off)
-    clock_jump_s: float = 1.0  # a frame this much older than the previous one: the clock jumped back
+    PREFIX: ClassVar[str] = "keyframe."
+    min_distance_m: float = setting(0.5, "new keyframe after moving this far", 0.0, 1e6)
+    min_rotation_deg: float = setting(15.0, "new keyframe after turning this much", 0.0, 360.0)
+    max_interval_s: float = setting(0.0, "with poses: also a keyframe after this long (0 = off)", 0.0, 1e6)
+    no_pose_interval_s: float = setting(1.0, "without poses: a keyframe at this interval", 0.0, 1e6)
+    min_interval_s: float = setting(0.0, "never add keyframes faster than this", 0.0, 1e6)
+    novelty_threshold: float = setting(0.0, "keyframe when similarity to the last one is below this (0 = off)",
+                                       0.0, 1.0)
+    clock_jump_s: float = setting(1.0, "a frame this much older than the previous one means the clock jumped "
+                                  "back: keyframe timing is re-anchored (logged, counted)", 0.0, 1e9)
 
     def validate(self) -> None:
         for name, v in vars(self).items():
@@ -117,17 +122,24 @@ class KeyframeGate:
 
 @dataclass
 class LoopClosureConfig:
-    top_k: int = 10
-    min_score: float = 0.0  # cosine similarity of the best candidate (descriptor-specific)
-    exclude_recent_count: int = 50
-    exclude_recent_s: float = 30.0
-    exclude_travelled_m: float = 0.0
-    consistency: int = 3
-    consistency_window: int = 3
-    consistency_radius_m: float = 0.0
-    rerank: bool = False
-    rerank_min_matches: int = 0
-    rerank_min_similarity: float = 0.0
+    PREFIX: ClassVar[str] = "loop."
+    top_k: int = setting(10, "map keyframes retrieved per query", 1, 1000, name="top_k")
+    min_score: float = setting(0.0, "cosine similarity the best candidate must reach", -1.0, 1.0)
+    exclude_recent_count: int = setting(50, "the newest N keyframes of the current session are never candidates",
+                                        0, 1_000_000)
+    exclude_recent_s: float = setting(30.0, "keyframes of the current session younger than this are never "
+                                      "candidates", 0.0, 1e6)
+    exclude_travelled_m: float = setting(0.0, "with poses: keyframes less than this much travel ago are excluded",
+                                         0.0, 1e6)
+    consistency: int = setting(3, "consecutive agreeing queries needed to confirm a loop closure", 1, 1000)
+    consistency_window: int = setting(3, "keyframe-id distance that counts as the same map neighbourhood",
+                                      0, 100000)
+    consistency_radius_m: float = setting(0.0, "with poses: distance that counts as the same neighbourhood "
+                                          "(0 = ids)", 0.0, 1e6)
+    rerank: bool = setting(True, "re-rank the top-k by mutual-nearest-neighbour patch matching (needs patches)")
+    rerank_min_matches: int = setting(0, "mutual matches the best candidate must reach when re-ranking",
+                                      0, 1_000_000)
+    rerank_min_similarity: float = 0.0  # patch pairs below this cosine similarity never count as matches
 
     def validate(self) -> None:
         if self.top_k < 1:

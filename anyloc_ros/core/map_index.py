@@ -14,12 +14,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import ConfigError, MapError
 from .fileio import atomic_file, describe_os_error, is_regular_file
+from .settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,18 @@ class IndexConfig:
     keyframes exist, exact flat search until then) or "hnsw" (graph; no training).
     """
 
-    type: str = "flat"
-    nlist: int = 0  # IVF lists; 0 = 4·sqrt(n) at training time
-    nprobe: int = 16
-    ivf_min_train: int = 0  # 0 = 39·nlist (faiss's minimum for a good k-means)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    use_gpu: str = "auto"  # auto | true | false (GPU faiss when available; flat and IVF only)
-    save_every: int = 1000  # write the index after this many additions (0 = only on save/close)
+    PREFIX: ClassVar[str] = "index."
+    type: str = setting("flat", "search index: flat (exact), ivf or hnsw", choices=("flat", "ivf", "hnsw"))
+    nlist: int = setting(0, "IVF lists (0 = 4 sqrt(n) when trained)", 0, 1 << 20)
+    nprobe: int = setting(16, "IVF lists searched per query", 1, 65536)
+    ivf_min_train: int = setting(0, "keyframes before IVF is trained; exact search until then (0 = 39 nlist)",
+                                 0, 1 << 30)
+    hnsw_m: int = setting(32, "HNSW graph degree", 4, 256)
+    hnsw_ef_construction: int = setting(200, "HNSW build breadth", 1, 65536)
+    hnsw_ef_search: int = setting(128, "HNSW search breadth", 1, 65536)
+    use_gpu: str = setting("auto", "faiss GPU for flat/IVF search", choices=("auto", "true", "false"))
+    save_every: int = setting(1000, "write the index after this many additions (0 = only on save/close)",
+                              0, 1 << 30)
 
     def validate(self) -> None:
         if self.type not in ("flat", "ivf", "hnsw"):
@@ -51,6 +55,15 @@ class IndexConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"index {name} must be an integer >= 0, got {v!r}")
+
+    def factory_string(self, n_train: int = 0) -> str:
+        """The faiss index factory string this config names, once `n_train` vectors exist
+        (IVF before it can be trained is exact flat search)."""
+        if self.type == "hnsw":
+            return f"IDMap2,HNSW{self.hnsw_m},Flat"
+        if self.type == "ivf" and n_train:
+            return f"IDMap2,IVF{self.nlist or max(1, int(4 * np.sqrt(n_train)))},Flat"
+        return "IDMap2,Flat"
 
     def ivf_threshold(self) -> int:
         return self.ivf_min_train or 39 * (self.nlist or 64)
@@ -72,17 +85,14 @@ def build_index(dim: int, cfg: IndexConfig, n_train: int = 0) -> Any:
     index is exact flat."""
     import faiss
 
-    if cfg.type == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, cfg.factory_string(n_train), faiss.METRIC_INNER_PRODUCT)
+    inner = faiss.downcast_index(faiss.downcast_index(index).index)
+    if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efConstruction = cfg.hnsw_ef_construction
         inner.hnsw.efSearch = cfg.hnsw_ef_search
-    elif cfg.type == "ivf" and n_train:
-        nlist = cfg.nlist or max(1, int(4 * np.sqrt(n_train)))
-        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        inner.nprobe = min(cfg.nprobe, nlist)
-    else:
-        inner = faiss.IndexFlatIP(dim)
-    return faiss.IndexIDMap2(inner)
+    elif isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = min(cfg.nprobe, inner.nlist)
+    return index
 
 
 def sha256_file(path: Path) -> str:

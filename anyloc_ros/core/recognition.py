@@ -60,11 +60,23 @@ class PlaceRecognizer:
         loop = self.filter.update(q, matches)
         return RecognitionResult(q, matches, loop)
 
-    def add_keyframe(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str = "",
-                     pose: Pose | None = None, patches: np.ndarray | None = None) -> int:
-        kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches)
-        self.observe_keyframe(kid, stamp_ns, pose)
-        return kid
+    def recognize(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
+                  patches: np.ndarray | None = None, query_id: int | None = None,
+                  exclude_current_session: bool = False) -> RecognitionResult:
+        """A follower's step for one frame: take in the map's changes, then query."""
+        self.sync()
+        return self.query(descriptor, stamp_ns, pose, patches, query_id,
+                          exclude_sessions=[self.db.session] if exclude_current_session else None)
+
+    @property
+    def map_size(self) -> int:
+        return len(self.db)
+
+    def thumbnail(self, keyframe_id: int) -> bytes | None:
+        return self.db.thumbnail(keyframe_id)
+
+    def close(self) -> None:
+        self.db.close()
 
     def observe_keyframe(self, keyframe_id: int, stamp_ns: int, pose: Pose | None = None,
                          session: str | None = None) -> None:

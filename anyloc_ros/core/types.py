@@ -1,11 +1,57 @@
-"""Small records shared by the map, the re-ranker and the loop-closure filter."""
+"""Small records shared across the core and the nodes: keyframes, matches, encoded frames and
+the encoder signature."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .errors import MapError
 from .geometry import Pose
+
+
+def digest(data: bytes | np.ndarray, length: int = 16) -> str:
+    """Short content hash (sha256, hex) of bytes or an array (as contiguous float32)."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data, dtype=np.float32).tobytes()
+    return hashlib.sha256(data).hexdigest()[:length]
+
+
+class EncoderSignature(dict):
+    """What a descriptor is made of (backbone, layer, facet, aggregation, vocabulary and PCA
+    hashes, dim, ...), as a JSON-able dict. Descriptors are comparable when `KEYS` agree; `id`
+    names the whole signature on topics and in map records."""
+
+    KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim")
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(json.dumps(self, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def dim(self) -> int:
+        return int(self["dim"])
+
+    def diff(self, other: dict[str, Any], mine: str = "map", theirs: str = "encoder") -> list[str]:
+        """The fields that make descriptors of `other` incomparable with these, described."""
+        return [f"{k}: {mine} {self.get(k)!r} vs {theirs} {other.get(k)!r}" for k in self.KEYS
+                if self.get(k) != other.get(k)]
+
+    @classmethod
+    def checked(cls, sig: Any, what: str, hint: str = "") -> EncoderSignature:
+        """`sig` as a signature: a mapping with the descriptor dimension 'dim' (a positive integer)."""
+        if not isinstance(sig, dict):
+            raise MapError(f"{what} is not a JSON object{hint}")
+        dim = sig.get("dim")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise MapError(f"{what} must include the descriptor dimension 'dim' (a positive integer), got "
+                           f"{dim!r}{hint}")
+        return cls(sig)
 
 
 @dataclass
@@ -39,3 +85,18 @@ class MapStats:
     index_type: str
     index_trained: bool
     encoder: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DescriptorFrame:
+    """One encoded image, as passed between encoder, mapping and recognition (in or across processes)."""
+
+    stamp_ns: int
+    frame_id: str
+    seq: int
+    descriptor: np.ndarray
+    encoder_id: str = ""
+    patches: np.ndarray | None = None
+    thumbnail: bytes | None = None
+    encode_ms: float = 0.0
+    received: float = field(default_factory=time.monotonic)

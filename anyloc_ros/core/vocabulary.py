@@ -12,7 +12,6 @@ files (a K×D tensor) are accepted too, loaded with `weights_only=True`.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 
 from .errors import VocabularyError
 from .fileio import load_npz, save_npz
+from .types import digest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Vocabulary:
 
     def content_hash(self) -> str:
         """Short hash of the centres: identifies the vocabulary in map and result metadata."""
-        return hashlib.sha256(self.centers.tobytes()).hexdigest()[:16]
+        return digest(self.centers)
 
     def check_compatible(self, signature: dict[str, Any]) -> None:
         """Raise `VocabularyError` naming every field where this vocabulary and a backbone differ."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import DescriptorFrame
+from ..core.types import DescriptorFrame
 
 
 def build(mode: str = "full") -> list[Any]:
@@ -34,7 +34,7 @@ def build(mode: str = "full") -> list[Any]:
     encoder = EncoderNode(on_frame=on_frame)
     nodes.append(encoder)
     if mode in ("full", "mapping"):
-        mapping = MappingNode(encoder_signature=encoder.encoder.signature(), subscribe_descriptors=False)
+        mapping = MappingNode(encoder_signature=encoder.signature, subscribe_descriptors=False)
         nodes.append(mapping)
     if recognition is not None:
         nodes.append(recognition)
@@ -44,18 +44,20 @@ def build(mode: str = "full") -> list[Any]:
 def _pipeline() -> list[Any]:
     import rclpy
 
-    from ..core.errors import AnyLocError
+    from ..core.params import PipelineSettings
+    from .parameters import declare
 
     mode_node = rclpy.create_node("anyloc_pipeline")
-    mode = mode_node.declare_parameter("mode", "full").value
-    if mode not in ("full", "mapping", "localization"):
+    try:
+        mode = declare(mode_node, "anyloc_pipeline").get(PipelineSettings).mode
+    except Exception:
         mode_node.destroy_node()
-        raise AnyLocError(f"mode must be full, mapping or localization, got {mode!r}")
+        raise
     return [mode_node, *build(mode)]
 
 
 def main(args: list[str] | None = None) -> int:
-    from .common import run_node
+    from .spin import run_node
 
     return run_node(_pipeline, args)
 

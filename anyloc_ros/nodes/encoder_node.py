@@ -18,38 +18,17 @@ from typing import Any
 
 from rclpy.node import Node
 
+from ..core.config import EncoderSelection
+from ..core.encoder import Encoder
 from ..core.errors import AnyLocError
-from .common import (
-    ENCODER_PARAMS,
-    DescriptorFrame,
-    Diagnostics,
-    Param,
-    RateStats,
-    build_encoder,
-    declare,
-    encoder_id,
-    float32_array,
-    latched_qos,
-    log_error,
-    run_node,
-    sensor_qos,
-)
+from ..core.params import EncoderNodeSettings
+from ..core.types import DescriptorFrame
 from .conversions import compressed_msg_to_rgb, encode_jpeg, image_msg_to_rgb, stamp_to_ns
-
-PARAMS = ENCODER_PARAMS + (
-    Param("image_transport", "raw", "subscribe 'image' (raw) or 'image/compressed' (compressed)",
-          choices=("raw", "compressed")),
-    Param("queue_size", 2, "frames waiting for the encoder; older ones are dropped", 1, 1000),
-    Param("qos_depth", 5, "subscription history depth (sensor-data QoS)", 1, 1000),
-    Param("qos_reliable", False, "reliable instead of best-effort image subscription"),
-    Param("publish_patches", True, "publish compact patch features for mutual-NN re-ranking"),
-    Param("patch_grid", 32, "patch features are pooled to at most grid x grid cells", 1, 256),
-    Param("patch_dim", 64, "patch features are projected to this many dimensions", 1, 4096),
-    Param("publish_thumbnails", True, "attach a small JPEG of the image (keyframe previews, debug image)"),
-    Param("thumbnail_size", 160, "longer side of the thumbnail in pixels", 16, 2048),
-    Param("max_image_pixels", 50_000_000, "larger images are refused (checked from the header, before decoding: "
-          "decompression bombs)", 1, 1_000_000_000),
-)
+from .descriptor_msg import frame_to_msg
+from .diagnostics import Diagnostics, RateStats, log_error
+from .parameters import declare
+from .qos import latched_qos, sensor_qos
+from .spin import run_node
 
 
 class EncoderNode(Node):
@@ -60,17 +39,19 @@ class EncoderNode(Node):
 
         from ..msg import PlaceDescriptor
 
-        self.p = declare(self, PARAMS)
+        self.params = params = declare(self, "encoder_node")  # kept: what the node runs with, for tools and tests
+        self.settings = st = params.get(EncoderNodeSettings)
         from ..core.images import set_max_image_pixels
 
-        set_max_image_pixels(self.p["max_image_pixels"])
-        self.encoder = build_encoder(self.p)
-        self.encoder_id = encoder_id(self.encoder.signature())
+        set_max_image_pixels(st.max_image_pixels)
+        self.encoder = Encoder.from_config(params.get(EncoderSelection).build())
+        self.signature = self.encoder.signature()
+        self.encoder_id = self.signature.id
         self.compressor = None
-        if self.p["publish_patches"]:
+        if st.publish_patches:
             from ..core.rerank import PatchCompressor
 
-            self.compressor = PatchCompressor(self.encoder.backbone.feature_dim, self.p["patch_dim"], self.p["patch_grid"])
+            self.compressor = PatchCompressor(self.encoder.backbone.feature_dim, st.patch_dim, st.patch_grid)
         self.on_frame = on_frame
         self.stats = RateStats()
         self.stats.values["encoder_id"] = self.encoder_id
@@ -84,26 +65,26 @@ class EncoderNode(Node):
         from std_msgs.msg import String
 
         self.info_pub = self.create_publisher(String, "encoder_info", latched_qos())
-        self.info_pub.publish(String(data=json.dumps(self.encoder.signature(), sort_keys=True)))
-        qos = sensor_qos(self.p["qos_depth"], self.p["qos_reliable"])
-        if self.p["image_transport"] == "compressed":
+        self.info_pub.publish(String(data=json.dumps(self.signature, sort_keys=True)))
+        qos = sensor_qos(st.qos_depth, st.qos_reliable)
+        if st.image_transport == "compressed":
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
             self.create_subscription(Image, "image", self._on_image, qos)
         self.diagnostics = Diagnostics(self, "encoder", self.stats)
         self._worker = threading.Thread(target=self._work, name="anyloc-encoder", daemon=True)
         self._worker.start()
-        sig = self.encoder.signature()
+        sig = self.signature
         self.get_logger().info(
             f"encoder ready: {sig['backbone']} {sig['model']} layer={sig['layer']} facet={sig['facet']} "
             f"{sig['aggregation']} dim={self.encoder.dim} device={getattr(self.encoder.backbone, 'device', 'onnx')} "
             f"id={self.encoder_id}; listening on {self.resolve_topic_name('image')}"
-            f"{'/compressed' if self.p['image_transport'] == 'compressed' else ''}")
+            f"{'/compressed' if st.image_transport == 'compressed' else ''}")
 
     def _on_image(self, msg: Any) -> None:
         self.stats.inc("frames_received")
         with self._cv:
-            if len(self._queue) >= self.p["queue_size"]:
+            if len(self._queue) >= self.settings.queue_size:
                 self._queue.popleft()
                 self.stats.inc("frames_dropped")
             self._queue.append((msg, time.monotonic()))
@@ -134,7 +115,7 @@ class EncoderNode(Node):
             patches = self.compressor(feats[0])
         else:
             desc, patches = self.encoder.encode([rgb]), None
-        thumb = encode_jpeg(rgb, self.p["thumbnail_size"]) if self.p["publish_thumbnails"] else None
+        thumb = encode_jpeg(rgb, self.settings.thumbnail_size) if self.settings.publish_thumbnails else None
         ms = (time.perf_counter() - t0) * 1e3
         frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, desc[0],
                                 self.encoder_id, patches, thumb, ms)
@@ -142,28 +123,10 @@ class EncoderNode(Node):
         self.stats.inc("frames_encoded")
         self.stats.latency_ms.append(ms)
         self.stats.values["queue_length"] = str(len(self._queue))
-        self.pub.publish(self.to_msg(frame, msg.header))
+        self.pub.publish(frame_to_msg(frame, msg.header))
         if self.on_frame is not None:
             self.on_frame(frame)
         return frame
-
-    def to_msg(self, frame: DescriptorFrame, header: Any) -> Any:
-        from ..msg import PlaceDescriptor
-
-        m = PlaceDescriptor()
-        m.header = header
-        m.seq = frame.seq
-        m.encoder_id = frame.encoder_id
-        m.descriptor = float32_array(frame.descriptor)
-        if frame.patches is not None:
-            m.patches = float32_array(frame.patches)
-            m.patch_dim = int(frame.patches.shape[1])
-        if frame.thumbnail is not None:
-            m.thumbnail.header = header
-            m.thumbnail.format = "jpeg"
-            m.thumbnail.data = frame.thumbnail
-        m.encode_ms = float(frame.encode_ms)
-        return m
 
     def close(self) -> None:
         with self._cv:

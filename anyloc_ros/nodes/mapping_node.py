@@ -23,51 +23,19 @@ from typing import Any
 
 from rclpy.node import Node
 
-from ..core.database import IndexConfig, PlaceDatabase
+from ..core.database import PlaceDatabase
 from ..core.errors import AnyLocError, MapError
 from ..core.loop_closure import KeyframeGateConfig
+from ..core.map_index import IndexConfig
 from ..core.mapping import Mapper
-from .common import (
-    MAP_PARAMS,
-    POSE_PARAMS,
-    DescriptorFrame,
-    Diagnostics,
-    Param,
-    PoseInput,
-    RateStats,
-    accept_descriptor,
-    declare,
-    encoder_id,
-    latched_qos,
-    log_error,
-    run_node,
-    validate_map_path,
-)
-
-PARAMS = MAP_PARAMS + POSE_PARAMS + (
-    Param("session", "", "session id for this traversal; empty = a new generated id"),
-    Param("new_session_on_start", True, "start a new session (traversal) when the node starts"),
-    Param("durable", True, "each keyframe is fsynced before the next (off: durable after save_map)"),
-    Param("store_patches", True, "store compact patch features with keyframes (mutual-NN re-ranking)"),
-    Param("store_thumbnails", True, "store the descriptor's thumbnail JPEG with keyframes"),
-    Param("map_frame", "map", "frame_id of published keyframes"),
-    Param("require_pose", False, "drop frames for which no pose arrives within pose.wait_s"),
-    Param("pose.wait_s", 0.3, "how long a frame waits for odometry covering its stamp", 0.0, 10.0),
-    Param("keyframe.min_distance_m", 0.5, "new keyframe after moving this far", 0.0, 1e6),
-    Param("keyframe.min_rotation_deg", 15.0, "new keyframe after turning this much", 0.0, 360.0),
-    Param("keyframe.max_interval_s", 0.0, "with poses: also a keyframe after this long (0 = off)", 0.0, 1e6),
-    Param("keyframe.no_pose_interval_s", 1.0, "without poses: a keyframe at this interval", 0.0, 1e6),
-    Param("keyframe.min_interval_s", 0.0, "never add keyframes faster than this", 0.0, 1e6),
-    Param("keyframe.novelty_threshold", 0.0, "keyframe when similarity to the last one is below this (0 = off)",
-          0.0, 1.0),
-    Param("keyframe.clock_jump_s", 1.0, "a frame this much older than the previous one means the clock jumped "
-          "back: keyframe timing is re-anchored (logged, counted)", 0.0, 1e9),
-)
-
-
-def index_config(p: dict[str, Any]) -> IndexConfig:
-    return IndexConfig(type=p["index.type"], nprobe=p["index.nprobe"], hnsw_ef_search=p["index.hnsw_ef_search"],
-                       use_gpu=p["index.use_gpu"])
+from ..core.params import MappingSettings, MapSettings, PoseSettings
+from ..core.types import DescriptorFrame, EncoderSignature
+from .descriptor_msg import accept_descriptor
+from .diagnostics import Diagnostics, RateStats, log_error, log_throttled
+from .parameters import declare, validate_map_path
+from .pose_input import PoseInput
+from .qos import latched_qos
+from .spin import run_node
 
 
 class MappingNode(Node):
@@ -79,19 +47,18 @@ class MappingNode(Node):
         from ..msg import PlaceDescriptor
         from ..srv import GetMapInfo, NewSession, SaveMap
 
-        self.p = p = declare(self, PARAMS)
-        p["map_path"] = validate_map_path(name, p["map_path"])
+        self.params = params = declare(self, "mapping_node")  # kept: what the node runs with, for tools and tests
+        self.map_settings = params.get(MapSettings)
+        self.map_path = validate_map_path(name, self.map_settings.map_path)
+        self.settings = params.get(MappingSettings)
+        self.index_config = params.get(IndexConfig)
+        self.gate_config = params.get(KeyframeGateConfig)
+        pose_settings = params.get(PoseSettings)
         self.stats = RateStats()
-        self.gate_config = KeyframeGateConfig(
-            min_distance_m=p["keyframe.min_distance_m"], min_rotation_deg=p["keyframe.min_rotation_deg"],
-            max_interval_s=p["keyframe.max_interval_s"], no_pose_interval_s=p["keyframe.no_pose_interval_s"],
-            min_interval_s=p["keyframe.min_interval_s"], novelty_threshold=p["keyframe.novelty_threshold"],
-            clock_jump_s=p["keyframe.clock_jump_s"])
-        self.gate_config.validate()
         self.db: PlaceDatabase | None = None
         self.mapper: Mapper | None = None
         self.map_encoder_id = ""
-        self.poses = PoseInput(self, p, self.stats)
+        self.poses = PoseInput(self, pose_settings, self.stats)
         self._pending: deque[DescriptorFrame] = deque(maxlen=100)
         self._lock = threading.Lock()
         self._add_lock = threading.Lock()
@@ -105,33 +72,33 @@ class MappingNode(Node):
         self.create_service(GetMapInfo, "get_map_info", self._map_info)
         self.create_timer(0.05, self._drain_pending)
         self.diagnostics = Diagnostics(self, "mapping", self.stats)
-        self.stats.values["map_path"] = p["map_path"]
-        if encoder_signature is not None or (PlaceDatabase.exists(p["map_path"])):
+        self.stats.values["map_path"] = self.map_path
+        if encoder_signature is not None or PlaceDatabase.exists(self.map_path):
             self._open(encoder_signature)
         else:
-            self.get_logger().info(f"no map at {p['map_path']} yet: waiting for the encoder's signature on "
+            self.get_logger().info(f"no map at {self.map_path} yet: waiting for the encoder's signature on "
                                    f"{self.resolve_topic_name('encoder_info')}")
             self.create_subscription(String, "encoder_info", self._on_encoder_info, latched_qos())
 
     def _open(self, signature: dict[str, Any] | None) -> None:
-        p = self.p
-        db = PlaceDatabase(p["map_path"], signature, index=index_config(p), durable=p["durable"])
+        st = self.settings
+        db = PlaceDatabase(self.map_path, signature, index=self.index_config, durable=st.durable)
         mapper = Mapper(db, self.gate_config)
-        if p["new_session_on_start"] or p["session"]:
-            mapper.new_session(p["session"] or None)
-        self.map_encoder_id = encoder_id(db.encoder_signature)
+        if st.new_session_on_start or st.session:
+            mapper.new_session(st.session or None)
+        self.map_encoder_id = db.encoder_signature.id
         self.stats.values["map_size"] = str(len(db))
         self.stats.values["session"] = db.session
         self.db, self.mapper = db, mapper
         self.get_logger().info(
             f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
-            f"pose source {p['pose_source']}, encoder {self.map_encoder_id})")
+            f"pose source {self.poses.source}, encoder {self.map_encoder_id})")
 
     def _on_encoder_info(self, msg: Any) -> None:
         if self.db is not None:
             return
         try:
-            self._open(json.loads(msg.data))
+            self._open(EncoderSignature(json.loads(msg.data)))
         except (AnyLocError, ValueError) as exc:
             self.get_logger().error(f"cannot create the map from the encoder signature: {exc}")
 
@@ -144,7 +111,7 @@ class MappingNode(Node):
     def handle_frame(self, frame: DescriptorFrame) -> int | None:
         """Decide on and add one keyframe (returns its id), or queue it until its pose arrives."""
         pose = self.poses.at(frame.stamp_ns)
-        waiting_for_pose = pose is None and self.poses.source != "none" and self.p["pose.wait_s"] > 0
+        waiting_for_pose = pose is None and self.poses.source != "none" and self.settings.pose_wait_s > 0
         # Frames are added in stamp order: while earlier ones wait for their pose, later ones queue
         # behind them (the keyframe gate would otherwise see time going backwards and skip them).
         if self.db is None or waiting_for_pose or self._pending:
@@ -163,13 +130,13 @@ class MappingNode(Node):
                     return
                 frame = self._pending[0]
                 pose = self.poses.at(frame.stamp_ns)
-                if pose is None and now - frame.received < self.p["pose.wait_s"]:
+                if pose is None and now - frame.received < self.settings.pose_wait_s:
                     return
                 self._pending.popleft()
             if pose is None:
                 self.stats.inc("frames_without_pose")
-                if self.p["require_pose"]:
-                    self.get_logger().warn("no pose for frame; dropped (require_pose)", throttle_duration_sec=5.0)
+                if self.settings.require_pose:
+                    log_throttled(self, "no pose for frame; dropped (require_pose)", "warn", 5.0)
                     continue
             self._add(frame, pose)
 
@@ -180,8 +147,8 @@ class MappingNode(Node):
     def _add_locked(self, frame: DescriptorFrame, pose: Any) -> int | None:
         try:
             kid, reason = self.mapper.offer(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
-                                            patches=frame.patches if self.p["store_patches"] else None,
-                                            thumbnail=frame.thumbnail if self.p["store_thumbnails"] else None)
+                                            patches=frame.patches if self.settings.store_patches else None,
+                                            thumbnail=frame.thumbnail if self.settings.store_thumbnails else None)
         except MapError as exc:  # the map cannot be written (disk full, read-only): report, keep running
             self.stats.inc("map_write_failures")
             self.diagnostics.set_status(2, f"map write failed: {exc}")
@@ -224,7 +191,7 @@ class MappingNode(Node):
 
         msg = Keyframe(id=int(kid), session=self.db.session, pose=pose_to_msg(pose, PoseMsg), pose_valid=pose is not None)
         msg.header.stamp = ns_to_stamp(frame.stamp_ns, Time)
-        msg.header.frame_id = self.p["map_frame"]
+        msg.header.frame_id = self.map_settings.map_frame
         self.keyframe_pub.publish(msg)
 
     # ---- services
@@ -259,7 +226,7 @@ class MappingNode(Node):
         return res
 
     def _map_info(self, req: Any, res: Any) -> Any:
-        res.map_path = self.p["map_path"]
+        res.map_path = self.map_path
         if self.db is None:
             return res
         st = self.db.stats()

@@ -24,51 +24,17 @@ from rclpy.node import Node
 from ..core.database import PlaceDatabase
 from ..core.errors import AnyLocError
 from ..core.loop_closure import LoopClosureConfig
+from ..core.map_index import IndexConfig
+from ..core.params import MapSettings, PoseSettings, RecognitionSettings
 from ..core.recognition import PlaceRecognizer, RecognitionResult
-from .common import (
-    MAP_PARAMS,
-    POSE_PARAMS,
-    DescriptorFrame,
-    Diagnostics,
-    Param,
-    PoseInput,
-    RateStats,
-    accept_descriptor,
-    declare,
-    encoder_id,
-    log_error,
-    run_node,
-    validate_map_path,
-)
+from ..core.types import DescriptorFrame
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
-from .mapping_node import index_config
-
-PARAMS = MAP_PARAMS + POSE_PARAMS + (
-    Param("map_frame", "map", "frame_id of published poses and markers"),
-    Param("top_k", 10, "map keyframes retrieved per query", 1, 1000),
-    Param("descriptor_queue", 2, "descriptors waiting to be recognised; older ones are dropped (counted) so "
-          "matches stay current", 1, 1000),
-    Param("exclude_current_session", False, "only match keyframes of earlier sessions (traversals)"),
-    Param("loop.min_score", 0.0, "cosine similarity the best candidate must reach", -1.0, 1.0),
-    Param("loop.exclude_recent_count", 50, "the newest N keyframes of the current session are never candidates",
-          0, 1_000_000),
-    Param("loop.exclude_recent_s", 30.0, "keyframes of the current session younger than this are never candidates",
-          0.0, 1e6),
-    Param("loop.exclude_travelled_m", 0.0, "with poses: keyframes less than this much travel ago are excluded",
-          0.0, 1e6),
-    Param("loop.consistency", 3, "consecutive agreeing queries needed to confirm a loop closure", 1, 1000),
-    Param("loop.consistency_window", 3, "keyframe-id distance that counts as the same map neighbourhood", 0, 100000),
-    Param("loop.consistency_radius_m", 0.0, "with poses: distance that counts as the same neighbourhood (0 = ids)",
-          0.0, 1e6),
-    Param("loop.rerank", True, "re-rank the top-k by mutual-nearest-neighbour patch matching (needs patches)"),
-    Param("loop.rerank_min_matches", 0, "mutual matches the best candidate must reach when re-ranking", 0, 1_000_000),
-    Param("publish_relocalization", True, "publish the best match's pose on relocalization_pose"),
-    Param("relocalization_min_score", 0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0),
-    Param("relocalization_covariance", 1.0, "position variance (m^2) put on the relocalisation hint", 0.0, 1e6),
-    Param("publish_markers", True, "publish loop-closure edges as a MarkerArray for rviz"),
-    Param("publish_debug_image", False, "publish query | match thumbnails side by side on match_image"),
-    Param("map_wait_s", 30.0, "how long to wait for the map to appear before giving up (0 = forever)", 0.0, 1e6),
-)
+from .descriptor_msg import accept_descriptor
+from .diagnostics import Diagnostics, RateStats, log_error
+from .parameters import declare, validate_map_path
+from .pose_input import PoseInput
+from .qos import queue_qos
+from .spin import run_node
 
 
 class RecognitionNode(Node):
@@ -80,49 +46,42 @@ class RecognitionNode(Node):
 
         from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
 
-        self.p = p = declare(self, PARAMS)
-        p["map_path"] = validate_map_path(name, p["map_path"], must_exist=True)
-        self.loop_config = LoopClosureConfig(
-            top_k=p["top_k"], min_score=p["loop.min_score"], exclude_recent_count=p["loop.exclude_recent_count"],
-            exclude_recent_s=p["loop.exclude_recent_s"], exclude_travelled_m=p["loop.exclude_travelled_m"],
-            consistency=p["loop.consistency"], consistency_window=p["loop.consistency_window"],
-            consistency_radius_m=p["loop.consistency_radius_m"], rerank=p["loop.rerank"],
-            rerank_min_matches=p["loop.rerank_min_matches"])
-        self.loop_config.validate()
+        self.params = params = declare(self, "recognition_node")  # kept: what the node runs with, for tools and tests
+        self.map_settings = params.get(MapSettings)
+        self.map_path = validate_map_path(name, self.map_settings.map_path, must_exist=True)
+        self.settings = st = params.get(RecognitionSettings)
+        self.index_config = params.get(IndexConfig)
+        self.loop_config = params.get(LoopClosureConfig)
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
         self.map_encoder_id = ""
         self._started = time.monotonic()
         self._edges: list[Any] = []
-        self.poses = PoseInput(self, p, self.stats)
+        self.poses = PoseInput(self, params.get(PoseSettings), self.stats)
         self.match_pub = self.create_publisher(PlaceMatch, "place_matches", 10)
         self.loop_pub = self.create_publisher(LoopClosure, "loop_closures", 10)
         self.reloc_pub = self.create_publisher(PoseWithCovarianceStamped, "relocalization_pose", 10) \
-            if p["publish_relocalization"] else None
-        self.marker_pub = self.create_publisher(MarkerArray, "loop_closure_markers", 10) if p["publish_markers"] else None
-        self.image_pub = self.create_publisher(Image, "match_image", 2) if p["publish_debug_image"] else None
+            if st.publish_relocalization else None
+        self.marker_pub = self.create_publisher(MarkerArray, "loop_closure_markers", 10) if st.publish_markers else None
+        self.image_pub = self.create_publisher(Image, "match_image", 2) if st.publish_debug_image else None
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
-            from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-            qos = QoSProfile(depth=p["descriptor_queue"], history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.RELIABLE)
-            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, qos)
+            self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, queue_qos(st.descriptor_queue))
         self._last_seq: int | None = None
         self.diagnostics = Diagnostics(self, "recognition", self.stats)
         if not self._try_open():
-            self.get_logger().info(f"waiting for a map at {p['map_path']}")
+            self.get_logger().info(f"waiting for a map at {self.map_path}")
             self._wait_timer = self.create_timer(0.5, self._try_open)
 
     def _try_open(self) -> bool:
         if self.recognizer is not None:
             return True
-        path = self.p["map_path"]
+        path, wait_s = self.map_path, self.settings.map_wait_s
         if not PlaceDatabase.exists(path):
-            if self.p["map_wait_s"] and time.monotonic() - self._started > self.p["map_wait_s"]:
-                log_error(self, f"no map at {path} after {self.p['map_wait_s']} s")
+            if wait_s and time.monotonic() - self._started > wait_s:
+                log_error(self, f"no map at {path} after {wait_s} s")
             return False
         try:
-            db = PlaceDatabase(path, index=index_config(self.p), follower=True)
+            db = PlaceDatabase(path, index=self.index_config, follower=True)
         except AnyLocError as exc:
             log_error(self, f"cannot open map: {exc}")
             self.diagnostics.set_status(2, f"cannot open map: {exc}")
@@ -130,7 +89,7 @@ class RecognitionNode(Node):
         self.recognizer = PlaceRecognizer(db, self.loop_config)  # query patches arrive compressed
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
         self.diagnostics.set_status(0, "ok")
-        self.map_encoder_id = encoder_id(db.encoder_signature)
+        self.map_encoder_id = db.encoder_signature.id
         if getattr(self, "_wait_timer", None) is not None:
             self._wait_timer.cancel()
         self.stats.values["map_size"] = str(len(db))
@@ -154,9 +113,8 @@ class RecognitionNode(Node):
         t0 = time.perf_counter()
         pose = self.poses.at(frame.stamp_ns)
         try:
-            rec.sync()  # the mapping node's new keyframes, removals and active session
-            result = rec.query(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
-                               exclude_sessions=[rec.db.session] if self.p["exclude_current_session"] else None)
+            result = rec.recognize(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
+                                   exclude_current_session=self.settings.exclude_current_session)
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
             log_error(self, f"query refused: {exc}")
@@ -167,7 +125,7 @@ class RecognitionNode(Node):
             return None
         self.stats.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.stats.inc("queries")
-        self.stats.values["map_size"] = str(len(rec.db))
+        self.stats.values["map_size"] = str(rec.map_size)
         if result.matches:
             self.stats.values["last_match_score"] = f"{result.matches[0].score:.3f}"
         self._publish(frame, result, header)
@@ -179,7 +137,7 @@ class RecognitionNode(Node):
 
         h = Header()
         h.stamp = ns_to_stamp(frame.stamp_ns, type(h.stamp))
-        h.frame_id = self.p["map_frame"]
+        h.frame_id = self.map_settings.map_frame
         return h
 
     def _publish(self, frame: DescriptorFrame, result: RecognitionResult, header: Any) -> None:
@@ -200,7 +158,7 @@ class RecognitionNode(Node):
         self.match_pub.publish(m)
         best = result.matches[0] if result.matches else None
         if self.reloc_pub is not None and best is not None and best.pose is not None \
-                and best.score >= self.p["relocalization_min_score"]:
+                and best.score >= self.settings.relocalization_min_score:
             self._publish_relocalization(h, best)
         if result.loop is not None:
             lc, q = result.loop, result.query
@@ -227,7 +185,7 @@ class RecognitionNode(Node):
 
         msg = PoseWithCovarianceStamped(header=h)
         msg.pose.pose = pose_to_msg(best.pose, PoseMsg)
-        var = self.p["relocalization_covariance"]
+        var = self.settings.relocalization_covariance
         cov = np.zeros(36)
         cov[[0, 7, 14]] = var
         cov[[21, 28, 35]] = 0.1 * var
@@ -254,7 +212,7 @@ class RecognitionNode(Node):
 
         try:
             q = decode_image_bytes(frame.thumbnail)
-            t = self.recognizer.db.thumbnail(best.keyframe_id)
+            t = self.recognizer.thumbnail(best.keyframe_id)
             m = decode_image_bytes(t) if t else np.zeros_like(q)
         except AnyLocError:
             return
@@ -267,7 +225,7 @@ class RecognitionNode(Node):
 
     def close(self) -> None:
         if self.recognizer is not None:
-            self.recognizer.db.close()
+            self.recognizer.close()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -15,33 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .core.config import PRESETS, EncoderConfig
-from .core.errors import AnyLocError
+from ..core.config import PRESETS, EncoderConfig
+from ..core.errors import AnyLocError
+from .encoder_args import add_encoder_args, encoder_config
 
 log = logging.getLogger("anyloc")
-
-
-def _encoder_config(args: argparse.Namespace) -> EncoderConfig:
-    if getattr(args, "config", None):
-        cfg = EncoderConfig.from_yaml(args.config)
-    else:
-        cfg = EncoderConfig.from_dict({"preset": args.preset})
-    if getattr(args, "device", None):
-        cfg.backbone.device = args.device
-    if getattr(args, "vocabulary", None):
-        cfg.aggregation.vocabulary = str(Path(args.vocabulary).expanduser().resolve())
-    if getattr(args, "pca", None):
-        cfg.projection.pca = str(Path(args.pca).expanduser().resolve())
-    return cfg
-
-
-def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--config", help="encoder config YAML (see config/encoders/)")
-    g.add_argument("--preset", default="dinov2_vitg14_vlad", choices=sorted(PRESETS), help="named encoder preset")
-    p.add_argument("--device", help="override backbone.device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--vocabulary", help="override aggregation.vocabulary (VLAD vocabulary file)")
-    p.add_argument("--pca", help="override projection.pca (PCA file from `anyloc fit-pca`)")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -52,19 +30,33 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build_vocab(args: argparse.Namespace) -> int:
-    from .core.encoder import build_backbone
-    from .core.images import list_images
-    from .core.vocabulary import build_vocabulary
+def cmd_params(args: argparse.Namespace) -> int:
+    """The nodes' parameter table (the README's), or one node's defaults as a params file."""
+    from ..core.params import markdown_table, node_specs
 
-    cfg = _encoder_config(args)
+    if args.node is None:
+        print(markdown_table())
+        return 0
+    import yaml
+
+    values = {s.name: s.default for s in node_specs(args.node)}
+    print(yaml.safe_dump({args.node: {"ros__parameters": values}}, sort_keys=False), end="")
+    return 0
+
+
+def cmd_build_vocab(args: argparse.Namespace) -> int:
+    from ..core.encoder import build_backbone
+    from ..core.images import list_images
+    from ..core.vocabulary import build_vocabulary
+
+    cfg = encoder_config(args)
     images = list_images(args.images)
     if args.max_images and len(images) > args.max_images:
         step = len(images) / args.max_images
         images = [images[int(i * step)] for i in range(args.max_images)]
     backbone = build_backbone(cfg)
     vocab = build_vocabulary(
-        backbone, images, num_clusters=args.clusters, samples_per_image=args.samples_per_image,
+        backbone, images, num_clusters=args.clusters or cfg.aggregation.num_clusters, samples_per_image=args.samples_per_image,
         max_samples=args.max_samples, niter=args.niter, seed=args.seed, batch_size=cfg.batch_size,
         progress=not args.quiet,
     )
@@ -77,9 +69,9 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
 def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool = False
                    ) -> tuple[np.ndarray, list[Path], Any]:
     """Descriptors of a folder's images; with skip_bad, unreadable images are left out and reported."""
-    from .core.encoder import Encoder
-    from .core.images import list_images
-    from .eval.evaluate import encode_images
+    from ..core.encoder import Encoder
+    from ..core.images import list_images
+    from ..eval.evaluate import encode_images
 
     encoder = Encoder.from_config(cfg)
     paths = list_images(folder)
@@ -96,9 +88,9 @@ def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool 
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .core.fileio import save_npz
+    from ..core.fileio import save_npz
 
-    cfg = _encoder_config(args)
+    cfg = encoder_config(args)
     desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet, args.skip_bad)
     meta = {"encoder": encoder.signature(), "images": [p.name for p in paths], "source": str(Path(args.images))}
     save_npz(args.output, meta, descriptors=desc)
@@ -107,9 +99,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_pca(args: argparse.Namespace) -> int:
-    from .core.projection import PCA
+    from ..core.projection import PCA
 
-    cfg = _encoder_config(args)
+    cfg = encoder_config(args)
     cfg.projection.pca = None  # fit on the un-projected descriptors
     desc, paths, encoder = _encode_folder(cfg, args.images, args.quiet, args.skip_bad)
     pca = PCA.fit(desc, args.dim, whiten=args.whiten)
@@ -121,10 +113,10 @@ def cmd_fit_pca(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .core.backbones import Dinov2Backbone, export_dinov2_onnx
-    from .core.encoder import build_backbone
+    from ..core.backbones import Dinov2Backbone, export_dinov2_onnx
+    from ..core.encoder import build_backbone
 
-    cfg = _encoder_config(args)
+    cfg = encoder_config(args)
     cfg.backbone.device = "cpu"
     cfg.backbone.precision = "float32"
     backbone = build_backbone(cfg)
@@ -149,10 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named encoder presets")
     p.set_defaults(func=cmd_presets)
 
+    p = sub.add_parser("params", help="the nodes' parameters (markdown table), or one node's defaults as YAML")
+    p.add_argument("node", nargs="?", help="encoder_node, mapping_node, recognition_node or anyloc_pipeline")
+    p.set_defaults(func=cmd_params)
+
     p = sub.add_parser("build-vocab", help="build a VLAD vocabulary (k-means on dense features of a folder of images)")
-    _add_encoder_args(p)
+    add_encoder_args(p)
     p.add_argument("--images", required=True, help="folder of images from the target domain")
-    p.add_argument("--clusters", type=int, default=32)
+    p.add_argument("--clusters", type=int, help="vocabulary size (default: the config's aggregation.num_clusters, 32)")
     p.add_argument("--output", required=True, help="vocabulary file (.npz)")
     p.add_argument("--samples-per-image", type=int, default=1000)
     p.add_argument("--max-samples", type=int, default=200_000, help="reservoir size: bounds memory")
@@ -163,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_vocab)
 
     p = sub.add_parser("encode", help="encode a folder of images into global descriptors (.npz)")
-    _add_encoder_args(p)
+    add_encoder_args(p)
     p.add_argument("--images", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
@@ -171,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("fit-pca", help="fit a PCA projection of the encoder's descriptors")
-    _add_encoder_args(p)
+    add_encoder_args(p)
     p.add_argument("--images", required=True)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--whiten", action="store_true")
@@ -181,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit_pca)
 
     p = sub.add_parser("export-onnx", help="export the configured DINOv2 layer/facet extractor to ONNX")
-    _add_encoder_args(p)
+    add_encoder_args(p)
     p.add_argument("--output", required=True)
     p.add_argument("--height", type=int, default=322)
     p.add_argument("--width", type=int, default=434)
@@ -195,11 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-commands defined in other modules (imported lazily: they may need ROS)."""
-    from . import demo
-    from .eval import bags
-    from .eval import cli as eval_cli
+    from . import bags, demo, eval_cli, replay
 
-    return [eval_cli.register, bags.register, demo.register]
+    return [eval_cli.register, bags.register, replay.register, demo.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        from .core.images import set_max_image_pixels
+        from ..core.images import set_max_image_pixels
 
         set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)

@@ -10,7 +10,7 @@ from ..core.errors import AnyLocError
 
 
 def load_dataset(args: argparse.Namespace):
-    from .datasets import load_folder_dataset, load_tum_dataset, load_vg_dataset, read_vprbench_npy
+    from ..eval.datasets import load_folder_dataset, load_tum_dataset, load_vg_dataset, read_vprbench_npy
 
     if args.database_trajectory or args.query_trajectory:
         if not (args.database_trajectory and args.query_trajectory):
@@ -22,7 +22,7 @@ def load_dataset(args: argparse.Namespace):
         return load_vg_dataset(args.database, args.queries, args.radius if args.radius is not None else 25.0)
     if str(gt).endswith(".npy"):
         from ..core.images import list_images
-        from .datasets import PlaceDataset
+        from ..eval.datasets import PlaceDataset
 
         db, q = list_images(args.database), list_images(args.queries)
         return PlaceDataset(Path(args.database).parent.name, db, q, read_vprbench_npy(gt, len(q)),
@@ -31,13 +31,13 @@ def load_dataset(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import _encoder_config
     from ..core.encoder import build_backbone
     from ..core.vocabulary import build_vocabulary
-    from .evaluate import evaluate, print_table
+    from ..eval.evaluate import evaluate, print_table
+    from .encoder_args import encoder_config
 
     ds = load_dataset(args)
-    cfg = _encoder_config(args)
+    cfg = encoder_config(args)
     out = Path(args.output)
     if cfg.aggregation.type == "vlad" and not cfg.aggregation.vocabulary:
         if not args.build_vocab:
@@ -58,8 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import plots
-    from .evaluate import load_result, print_table
+    from ..eval import plots
+    from ..eval.evaluate import load_result, print_table
 
     results = [load_result(p) for p in args.results]
     names = [f"{r.get('label', '?')} ({Path(p).parent.name})" for r, p in zip(results, args.results, strict=True)]
@@ -77,10 +77,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from ..cli import _add_encoder_args
+    from .encoder_args import add_encoder_args
 
     p = sub.add_parser("eval", help="Recall@K, precision-recall, timing and plots on a labelled dataset")
-    _add_encoder_args(p)
+    add_encoder_args(p)
     p.add_argument("--database", required=True, help="folder of map (database) images")
     p.add_argument("--queries", required=True, help="folder of query images")
     p.add_argument("--ground-truth", help="CSV (query_index,matching_ref_indices), VPR-Bench .npy, or 'vg' "

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import AnyLocError
+from ..core.errors import AnyLocError
 
 
 def _candidates(relative: str) -> list[Path]:
-    """Where a repository-relative path may be: the working directory (the README runs from
-    the repository root), the source tree this module belongs to, the ament share directory."""
-    from .nodes.process import REPO, _share_dir
+    """Where a file the demo needs may be: the working directory (the README runs from the
+    repository root), then the package's installed share directory."""
+    from .ros_driver import share_dir
 
-    return [Path.cwd() / relative, REPO / relative, _share_dir() / relative]
+    return [Path.cwd() / relative, share_dir() / relative]
 
 
 def default_data_dir() -> Path:
@@ -41,18 +41,19 @@ def default_data_dir() -> Path:
 def default_config() -> Path:
     found = [c for c in _candidates("config/encoders/xfeat_vlad.yaml") if c.is_file()]
     if not found:
-        raise AnyLocError("config/encoders/xfeat_vlad.yaml not found: run from the repository root or pass --config")
+        raise AnyLocError("config/encoders/xfeat_vlad.yaml not found (neither here nor in the package's share "
+                          "directory): run from the repository root or pass --config")
     return found[0]
 
 
 def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu", clusters: int = 32,
              quiet: bool = False) -> dict[str, Any]:
-    from .core.config import EncoderConfig
-    from .core.encoder import build_backbone
-    from .core.images import load_image
-    from .core.vocabulary import build_vocabulary
-    from .eval.datasets import load_folder_dataset
-    from .nodes.process import DriverNode, NodeProcess, isolated_dds_env, publish_traversal, write_params
+    from ..core.config import EncoderConfig
+    from ..core.encoder import build_backbone
+    from ..core.images import load_image
+    from ..core.vocabulary import build_vocabulary
+    from ..eval.datasets import load_folder_dataset
+    from .ros_driver import DriverNode, NodeProcess, isolated_dds_env, publish_traversal, write_params
 
     ds = load_folder_dataset(data / "ref", data / "query", data / "ground_truth.csv")
     workdir = workdir.resolve()
@@ -86,8 +87,8 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
         from nav_msgs.msg import Odometry
         from sensor_msgs.msg import Image
 
-        from .msg import LoopClosure, PlaceMatch
-        from .srv import GetMapInfo, NewSession, SaveMap
+        from ..msg import LoopClosure, PlaceMatch
+        from ..srv import GetMapInfo, NewSession, SaveMap
 
         driver.watch(PlaceMatch, "place_matches")
         driver.watch(LoopClosure, "loop_closures")

@@ -1,6 +1,7 @@
 """Drive the real nodes from Python: node processes over real DDS, and a driver node that
-publishes inputs and records outputs. Used by `anyloc demo`, `anyloc replay` and the
-integration tests (DDS kept on loopback in its own domain by the caller's environment)."""
+publishes inputs and records outputs. Used by `anyloc demo` and `anyloc replay` (DDS kept on
+loopback in its own domain by the caller's environment). Node processes run the installed
+package (`python -m anyloc_ros.nodes.<module>` with this interpreter and environment)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,6 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def ros_env() -> dict[str, str]:
-    """Environment for node processes: unbuffered logs, this source tree first on the path."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    if (REPO / "anyloc_ros" / "__init__.py").is_file():
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
 
 def isolated_dds_env(domain_id: int | None = None) -> None:
     """Keep DDS on loopback, in its own domain, with the large-image FastDDS profile."""
@@ -34,13 +24,13 @@ def isolated_dds_env(domain_id: int | None = None) -> None:
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(101, 215))
-    for candidate in (REPO / "config" / "fastdds_localhost.xml", _share_dir() / "config" / "fastdds_localhost.xml"):
-        if candidate.is_file():
-            os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(candidate))
-            break
+    profile = share_dir() / "config" / "fastdds_localhost.xml"
+    if profile.is_file():
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
 
 
-def _share_dir() -> Path:
+def share_dir() -> Path:
+    """The package's installed share directory (config/, launch/), found through the ament index."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
@@ -63,9 +53,8 @@ class NodeProcess:
         args = [sys.executable, "-m", f"anyloc_ros.nodes.{module}", "--ros-args", "--params-file",
                 str(Path(params_file).resolve()), *extra]
         self._fh = self.log.open("w")
-        source_tree = (REPO / "anyloc_ros" / "__init__.py").is_file()
-        self.proc = subprocess.Popen(args, cwd=REPO if source_tree else None, env=ros_env(), stdout=self._fh,
-                                     stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(args, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         if not self._fh.closed:

@@ -1,0 +1,199 @@
+"""The parameter table: which settings dataclasses each node reads, and params files.
+
+Every ROS parameter of the package is a field of a settings dataclass (core/settings.py):
+the core configs (KeyframeGateConfig, LoopClosureConfig, IndexConfig, EncoderSelection) and
+the node-level groups below. `NODE_PARAMETERS` says which node declares which groups. The
+nodes declare exactly these; `anyloc replay --offline` and the other tools build the same
+dataclasses from the same params file with `NodeParameters.from_file`; `anyloc params`
+prints the table the README carries (a test keeps README, config/anyloc.yaml and this table
+in agreement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .config import EncoderSelection
+from .errors import ConfigError
+from .loop_closure import KeyframeGateConfig, LoopClosureConfig
+from .map_index import IndexConfig
+from .settings import ParamSpec, build, setting, specs_of
+
+T = TypeVar("T")
+
+
+@dataclass
+class MapSettings:
+    map_path: str = setting("", "map directory (created by the mapping node, read by the recognition node)")
+    map_frame: str = setting("map", "frame_id of published keyframes, poses and markers")
+
+
+@dataclass
+class PoseSettings:
+    PREFIX: ClassVar[str] = "pose."
+    source: str = setting("odom", "robot pose input: odom (nav_msgs/Odometry on 'odom'), pose (PoseStamped on "
+                          "'pose') or none", choices=("odom", "pose", "none"), name="pose_source")
+    max_age_s: float = setting(10.0, "how much pose history is buffered", 0.1, 3600.0)
+    max_extrapolation_s: float = setting(0.05, "tolerated gap between an image stamp and the nearest pose",
+                                         0.0, 10.0)
+
+
+@dataclass
+class EncoderNodeSettings:
+    image_transport: str = setting("raw", "subscribe 'image' (raw) or 'image/compressed' (compressed)",
+                                   choices=("raw", "compressed"))
+    queue_size: int = setting(2, "frames waiting for the encoder; older ones are dropped", 1, 1000)
+    qos_depth: int = setting(5, "subscription history depth (sensor-data QoS)", 1, 1000)
+    qos_reliable: bool = setting(False, "reliable instead of best-effort image subscription")
+    publish_patches: bool = setting(True, "publish compact patch features for mutual-NN re-ranking")
+    patch_grid: int = setting(32, "patch features are pooled to at most grid x grid cells", 1, 256)
+    patch_dim: int = setting(64, "patch features are projected to this many dimensions", 1, 4096)
+    publish_thumbnails: bool = setting(True, "attach a small JPEG of the image (keyframe previews, debug image)")
+    thumbnail_size: int = setting(160, "longer side of the thumbnail in pixels", 16, 2048)
+    max_image_pixels: int = setting(50_000_000, "larger images are refused (checked from the header, before "
+                                    "decoding: decompression bombs)", 1, 1_000_000_000)
+
+
+@dataclass
+class MappingSettings:
+    session: str = setting("", "session id for this traversal; empty = a new generated id")
+    new_session_on_start: bool = setting(True, "start a new session (traversal) when the node starts")
+    durable: bool = setting(True, "each keyframe is fsynced before the next (off: durable after save_map)")
+    store_patches: bool = setting(True, "store compact patch features with keyframes (mutual-NN re-ranking)")
+    store_thumbnails: bool = setting(True, "store the descriptor's thumbnail JPEG with keyframes")
+    require_pose: bool = setting(False, "drop frames for which no pose arrives within pose.wait_s")
+    pose_wait_s: float = setting(0.3, "how long a frame waits for odometry covering its stamp", 0.0, 10.0,
+                                 name="pose.wait_s")
+
+
+@dataclass
+class RecognitionSettings:
+    descriptor_queue: int = setting(2, "descriptors waiting to be recognised; older ones are dropped (counted) so "
+                                    "matches stay current", 1, 1000)
+    exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals)")
+    publish_relocalization: bool = setting(True, "publish the best match's pose on relocalization_pose")
+    relocalization_min_score: float = setting(0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0)
+    relocalization_covariance: float = setting(1.0, "position variance (m^2) put on the relocalisation hint",
+                                               0.0, 1e6)
+    publish_markers: bool = setting(True, "publish loop-closure edges as a MarkerArray for rviz")
+    publish_debug_image: bool = setting(False, "publish query | match thumbnails side by side on match_image")
+    map_wait_s: float = setting(30.0, "how long to wait for the map to appear before giving up (0 = forever)",
+                                0.0, 1e6)
+
+
+@dataclass
+class PipelineSettings:
+    mode: str = setting("full", "which nodes the one-process pipeline runs: full (map + recognise), mapping or "
+                        "localization", choices=("full", "mapping", "localization"))
+
+
+NODE_PARAMETERS: dict[str, tuple[type, ...]] = {
+    "encoder_node": (EncoderSelection, EncoderNodeSettings),
+    "mapping_node": (MapSettings, IndexConfig, PoseSettings, MappingSettings, KeyframeGateConfig),
+    "recognition_node": (MapSettings, IndexConfig, PoseSettings, RecognitionSettings, LoopClosureConfig),
+    "anyloc_pipeline": (PipelineSettings,),
+}
+
+
+def node_specs(node: str) -> list[ParamSpec]:
+    """The parameters `node` declares, in table order (a group shared by two nodes is one copy)."""
+    if node not in NODE_PARAMETERS:
+        raise ConfigError(f"unknown node {node!r}; known: {sorted(NODE_PARAMETERS)}")
+    return [s for cls in NODE_PARAMETERS[node] for s in specs_of(cls)]
+
+
+def all_names() -> set[str]:
+    return {s.name for node in NODE_PARAMETERS for s in node_specs(node)}
+
+
+class NodeParameters:
+    """One node's parameter values (by ROS name) and the settings dataclasses built from them."""
+
+    def __init__(self, node: str, values: dict[str, Any] | None = None) -> None:
+        self.node = node
+        self.groups = NODE_PARAMETERS[node] if node in NODE_PARAMETERS else ()
+        self.specs = {s.name: s for s in node_specs(node)}
+        self.values = {name: s.default for name, s in self.specs.items()}
+        errors = []
+        for name, value in (values or {}).items():
+            if name not in self.specs:
+                errors.append(f"{name}: not a parameter of {node}")
+                continue
+            self.values[name], why = self.specs[name].check(value)
+            if why:
+                errors.append(why)
+        if errors:
+            raise ConfigError(f"invalid parameters for {node}: " + "; ".join(errors))
+
+    def get(self, cls: type[T]) -> T:
+        if cls not in NODE_PARAMETERS[self.node]:
+            raise ConfigError(f"{self.node} has no {cls.__name__} parameters")
+        return build(cls, self.values)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, node: str, overrides: dict[str, Any] | None = None
+                  ) -> NodeParameters:
+        """The values a node named `node` takes from a ROS 2 params file (`/**` first, then its own
+        section), then `overrides` (as `-p name:=value` on the command line would)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            sections = read_params_file(path)
+            own = {s.name for s in node_specs(node)}
+            values.update({k: v for k, v in sections.get("/**", {}).items() if k in own})
+            values.update(sections.get(node, {}))
+        values.update(overrides or {})
+        return cls(node, values)
+
+
+def read_params_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A ROS 2 params file as {"/**" or node name: {parameter: value}} (nested keys joined with
+    dots, as rcl does). Names no node of the package declares are refused (typos)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"params file {path} is not a readable YAML file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must map node names to ros__parameters")
+    known, out = all_names(), {}
+    for key, section in data.items():
+        name = str(key).strip("/")
+        name = "/**" if name in ("**", "") else name.rsplit("/", 1)[-1]  # "/ns/node", "/**/node" -> node
+        params = section.get("ros__parameters") if isinstance(section, dict) else None
+        if not isinstance(params, dict):
+            raise ConfigError(f"params file {path}: section {key!r} has no ros__parameters mapping")
+        flat = _flatten(params)
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise ConfigError(f"params file {path}: section {key!r}: unknown parameters {unknown}")
+        out.setdefault(name, {}).update(flat)
+    return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def markdown_table() -> str:
+    """The README's parameter table: every node's parameters, defaults and ranges."""
+    rows = ["| node | parameter | default | range | description |", "|---|---|---|---|---|"]
+    seen: dict[str, str] = {}
+    for node in NODE_PARAMETERS:
+        for s in node_specs(node):
+            if s.name in seen:  # a shared group: listed once, under every node that reads it
+                continue
+            readers = ", ".join(n for n in NODE_PARAMETERS if any(x.name == s.name for x in node_specs(n)))
+            seen[s.name] = readers
+            default = "`\"\"`" if s.default == "" else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+            rows.append(f"| {readers} | `{s.name}` | {default} | {s.range_text} | {s.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,101 @@
+"""Settings: config dataclass fields that are also ROS parameters.
+
+A field declared with `setting(...)` carries its parameter's description and range; its
+default is the field's default. Nodes declare their ROS parameters from these fields, offline
+tools build the same dataclasses from the same params file, and the README's parameter
+table is generated from them, so each fact lives in one place (core/params.py lists which
+node reads which dataclass).
+
+    @dataclass
+    class KeyframeGateConfig:
+        PREFIX: ClassVar[str] = "keyframe."
+        min_distance_m: float = setting(0.5, "new keyframe after moving this far", 0.0, 1e6)
+
+gives the ROS parameter `keyframe.min_distance_m` (a field may override its full name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: name, default, description and the values it may take."""
+
+    name: str
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    owner: type | None = None  # the dataclass the value goes into
+    field: str = ""  # ... and its field
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """(value as declared, None) or (value, why it is refused). Ints are accepted for floats."""
+        d = self.default
+        if isinstance(d, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(d):
+            return value, f"{self.name}: expected {type(d).__name__}, got {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                return value, f"{self.name}: must be finite, got {value}"
+            if self.min is not None and value < self.min or self.max is not None and value > self.max:
+                return value, f"{self.name}: {value} is outside [{self.min}, {self.max}]"
+        if self.choices and value not in self.choices:
+            return value, f"{self.name}: {value!r} is not one of {list(self.choices)}"
+        return value, None
+
+    @property
+    def range_text(self) -> str:
+        if self.choices:
+            return " \\| ".join(self.choices)
+        if self.min is not None and self.max is not None:
+            return f"[{self.min:g}, {self.max:g}]"
+        return ""
+
+
+def setting(default: Any, description: str, min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None, name: str | None = None) -> Any:
+    """A dataclass field that is also a ROS parameter (see the module docstring)."""
+    meta = {"param": {"description": description, "min": min, "max": max, "choices": choices, "name": name}}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def specs_of(cls: type) -> list[ParamSpec]:
+    """The ROS parameters of a settings dataclass, in field order."""
+    prefix = getattr(cls, "PREFIX", "")
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("param")
+        if meta is None:
+            continue  # a plain field: set in code, not a parameter
+        out.append(ParamSpec(meta["name"] or prefix + f.name, f.default, meta["description"], meta["min"],
+                             meta["max"], meta["choices"], cls, f.name))
+    return out
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of `cls` from parameter values by ROS name (missing ones keep their default),
+    each checked against its spec; all problems are raised together as one ConfigError."""
+    kwargs, errors = {}, []
+    for spec in specs_of(cls):
+        if spec.name in values:
+            value, why = spec.check(values[spec.name])
+            if why:
+                errors.append(why)
+            kwargs[spec.field] = value
+    if errors:
+        raise ConfigError("; ".join(errors))
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj

@@ -1,0 +1,47 @@
+"""The robot pose input of a node: Odometry or PoseStamped into an interpolating PoseBuffer.
+
+message_filters' Cache would also keep recent poses, but it returns the nearest message before
+or after a stamp; the keyframe pose must be interpolated between the two that bracket the image
+stamp (odometry at 50-100 Hz vs a moving camera), and refused beyond `pose.max_extrapolation_s`,
+which core/pose_buffer.py does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rclpy.node import Node
+
+from ..core.geometry import Pose
+from ..core.params import PoseSettings
+from ..core.pose_buffer import PoseBuffer, PoseError
+from .conversions import pose_from_msg, stamp_to_ns
+from .diagnostics import RateStats, log_error
+
+
+class PoseInput:
+    """Subscribes the robot pose (Odometry on `odom` or PoseStamped on `pose`) into a PoseBuffer."""
+
+    def __init__(self, node: Node, settings: PoseSettings, stats: RateStats) -> None:
+        self.buffer = PoseBuffer(settings.max_age_s, settings.max_extrapolation_s)
+        self.node, self.stats = node, stats
+        self.source = settings.source
+        if self.source == "odom":
+            from nav_msgs.msg import Odometry
+
+            node.create_subscription(Odometry, "odom", lambda m: self._add(m.header.stamp, m.pose.pose), 100)
+        elif self.source == "pose":
+            from geometry_msgs.msg import PoseStamped
+
+            node.create_subscription(PoseStamped, "pose", lambda m: self._add(m.header.stamp, m.pose), 100)
+
+    def _add(self, stamp: Any, pose_msg: Any) -> None:
+        try:
+            self.buffer.add(stamp_to_ns(stamp), pose_from_msg(pose_msg))
+            self.stats.inc("poses_received")
+        except PoseError as exc:
+            self.stats.inc("poses_rejected")
+            log_error(self.node, str(exc))
+
+    def at(self, stamp_ns: int) -> Pose | None:
+        return None if self.source == "none" else self.buffer.at(stamp_ns)

@@ -1,0 +1,194 @@
+"""rosbag2 files: `anyloc make-bag` (images + trajectory -> bag) and reading a bag's camera and
+odometry messages (for `anyloc replay`, tools/replay.py).
+
+Bags are written and read with the `rosbags` library (sqlite3 or mcap storage, rosbag2
+metadata version 9).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import AnyLocError
+from ..core.images import list_images
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+ODOM_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped")
+
+
+class BagError(AnyLocError, ValueError):
+    """A bag cannot be written or read, or lacks the requested topics."""
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | None = None, storage: str = "sqlite3",
+             compressed: bool = False, image_topic: str = "/camera/image_raw", odom_topic: str = "/odom",
+             fps: float = 10.0, frame_id: str = "camera", progress: bool = True) -> dict[str, Any]:
+    """Write a rosbag2 bag: one Image (or CompressedImage) per image file, stamped by the file
+    name when it is a timestamp (TUM) else at `fps`; with a TUM trajectory, every pose within
+    the images' time span as nav_msgs/Odometry."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from tqdm import tqdm
+
+    from ..eval.datasets import DatasetError, image_stamp, read_tum_trajectory
+
+    paths = list_images(images)
+    output = Path(output)
+    if output.exists():
+        raise BagError(f"output {output} exists; rosbag2 writes a new directory")
+    if storage not in ("sqlite3", "mcap"):
+        raise BagError(f"storage must be sqlite3 or mcap, got {storage!r}")
+    try:
+        stamps = [image_stamp(p) for p in paths]
+    except DatasetError:
+        if trajectory:
+            raise
+        stamps = [i / fps for i in range(len(paths))]
+    ts = _typestore()
+    Image, CompressedImage = ts.types["sensor_msgs/msg/Image"], ts.types["sensor_msgs/msg/CompressedImage"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Odometry = ts.types["nav_msgs/msg/Odometry"]
+    gm = {n: ts.types[f"geometry_msgs/msg/{n}"] for n in ("Point", "Quaternion", "Pose", "PoseWithCovariance",
+                                                          "Twist", "Vector3", "TwistWithCovariance")}
+
+    def header(t: float, frame: str):
+        ns = int(round(t * 1e9))
+        return Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id=frame), ns
+
+    events: list[tuple[int, str, bytes]] = []
+    if trajectory:
+        t_traj, poses = read_tum_trajectory(trajectory)
+        keep = (t_traj >= min(stamps) - 0.5) & (t_traj <= max(stamps) + 0.5)
+        zero3 = gm["Vector3"](x=0.0, y=0.0, z=0.0)
+        for t, p in zip(t_traj[keep], poses[keep], strict=True):
+            h, ns = header(float(t), "odom")
+            pose = gm["Pose"](position=gm["Point"](x=p[0], y=p[1], z=p[2]),
+                              orientation=gm["Quaternion"](x=p[3], y=p[4], z=p[5], w=p[6]))
+            msg = Odometry(header=h, child_frame_id=frame_id,
+                           pose=gm["PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+                           twist=gm["TwistWithCovariance"](twist=gm["Twist"](linear=zero3, angular=zero3),
+                                                           covariance=np.zeros(36)))
+            events.append((ns, odom_topic, ts.serialize_cdr(msg, "nav_msgs/msg/Odometry")))
+    img_type = IMAGE_TYPES[1] if compressed else IMAGE_TYPES[0]
+    for p, t in tqdm(list(zip(paths, stamps, strict=True)), desc="images", unit="img", disable=not progress):
+        h, ns = header(t, frame_id)
+        if compressed:
+            msg = CompressedImage(header=h, format="jpeg", data=np.frombuffer(p.read_bytes(), np.uint8)) \
+                if p.suffix.lower() in (".jpg", ".jpeg") else \
+                CompressedImage(header=h, format="png" if p.suffix.lower() == ".png" else "jpeg",
+                                data=np.frombuffer(p.read_bytes(), np.uint8))
+        else:
+            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise BagError(f"cannot read image {p}")
+            msg = Image(header=h, height=bgr.shape[0], width=bgr.shape[1], encoding="bgr8", is_bigendian=0,
+                        step=bgr.shape[1] * 3, data=bgr.reshape(-1))
+        events.append((ns, image_topic, ts.serialize_cdr(msg, img_type)))
+    events.sort(key=lambda e: e[0])
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(output, version=9, storage_plugin=plugin) as writer:
+        conns = {image_topic: writer.add_connection(image_topic, img_type, typestore=ts)}
+        if trajectory:
+            conns[odom_topic] = writer.add_connection(odom_topic, "nav_msgs/msg/Odometry", typestore=ts)
+        for ns, topic, data in events:
+            writer.write(conns[topic], ns, data)
+    counts = {image_topic: len(paths), **({odom_topic: int(sum(1 for e in events if e[1] == odom_topic))}
+                                         if trajectory else {})}
+    return {"bag": str(output), "storage": storage, "messages": counts, "image_type": img_type}
+
+
+@dataclass
+class BagMessage:
+    topic: str
+    msgtype: str
+    stamp_ns: int  # bag receive time
+    raw: bytes
+    msg: Any = None
+
+
+def read_bag(path: str | Path, image_topic: str | None = None, odom_topic: str | None = None) -> Iterator[BagMessage]:
+    """Camera and odometry messages of a bag in time order (topics auto-detected by type)."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag not found: {path}")
+    ts = _typestore()
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:
+        raise BagError(f"cannot open bag {path}: {exc}") from exc
+    try:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        image_topic = image_topic or next((t for t, m in topics.items() if m in IMAGE_TYPES), None)
+        if image_topic is None or topics.get(image_topic) not in IMAGE_TYPES:
+            raise BagError(f"bag {path} has no image topic {image_topic or ''} (topics: {topics})")
+        if odom_topic is None:
+            odom_topic = next((t for t, m in topics.items() if m in ODOM_TYPES), None)
+        elif topics.get(odom_topic) not in ODOM_TYPES:
+            raise BagError(f"bag {path} has no odometry topic {odom_topic} (topics: {topics})")
+        conns = [c for c in reader.connections if c.topic in (image_topic, odom_topic)]
+        for conn, stamp, raw in reader.messages(connections=conns):
+            yield BagMessage(conn.topic, conn.msgtype, stamp, bytes(raw), ts.deserialize_cdr(raw, conn.msgtype))
+    finally:
+        reader.close()
+
+
+def bag_poses(messages: list[BagMessage], skip: Callable[[str, Exception], None] | None = None) -> Any:
+    """All odometry of a bag in one PoseBuffer (the nodes wait for the pose covering each image).
+    Invalid poses (non-unit quaternions, NaN) are skipped and counted, as the nodes do."""
+    from ..core.errors import AnyLocError
+    from ..core.pose_buffer import PoseBuffer
+
+    buf = PoseBuffer(max_age_s=1e9)
+    for m in messages:
+        if m.msgtype in ODOM_TYPES:
+            try:
+                buf.add(*_pose_of(m))
+            except AnyLocError as exc:
+                if skip is not None:
+                    skip("poses", exc)
+    return buf
+
+
+def _pose_of(m: BagMessage):
+    from ..nodes.conversions import pose_from_msg, stamp_to_ns
+
+    p = m.msg.pose.pose if m.msgtype == ODOM_TYPES[0] else m.msg.pose
+    return stamp_to_ns(m.msg.header.stamp), pose_from_msg(p)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("make-bag", help="write a rosbag2 bag from an image folder (+ TUM trajectory)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--trajectory", help="TUM trajectory (timestamp tx ty tz qx qy qz qw) -> nav_msgs/Odometry")
+    p.add_argument("--output", required=True)
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    p.add_argument("--compressed", action="store_true", help="CompressedImage instead of Image")
+    p.add_argument("--image-topic", default="/camera/image_raw")
+    p.add_argument("--odom-topic", default="/odom")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate when file names are not timestamps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_make_bag)
+
+
+def _cmd_make_bag(args: Any) -> int:
+    info = make_bag(args.images, args.output, args.trajectory, args.storage, args.compressed, args.image_topic,
+                    args.odom_topic, args.fps, progress=not args.quiet)
+    print(f"wrote {info['bag']} ({info['storage']}): " + ", ".join(f"{t}: {n}" for t, n in info["messages"].items()))
+    return 0

@@ -1,0 +1,266 @@
+"""`anyloc replay`: a bag's camera and odometry through the recognition pipeline.
+
+Two modes from one params file (written to the output folder): over DDS into the real node
+processes, or offline through the same core objects in the same order (encode -> recognise,
+query first -> Mapper) built from the same parameters (core/params.py), so both modes give
+the same matches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import AnyLocError
+from .bags import IMAGE_TYPES, ODOM_TYPES, BagError, BagMessage, bag_poses, read_bag
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    stamp_ns: int
+    top_ids: list[int]
+    top_scores: list[float]
+    loop_match: int | None = None
+    latency_ms: float = 0.0
+
+
+@dataclass
+class ReplayResult:
+    mode: str
+    frames: list[FrameResult] = field(default_factory=list)
+    map_path: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)  # bad messages skipped and counted, as the nodes do
+
+    def skip(self, kind: str, why: Exception) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        log.warning("replay: %s skipped: %s", kind, why)
+
+
+def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool
+                   ) -> ReplayResult:
+    """The nodes' logic without DDS, built from the nodes' parameters in `params_file`:
+    encode -> recognise (query first) -> Mapper (keyframe gate, add)."""
+    from ..core.config import EncoderSelection
+    from ..core.database import PlaceDatabase
+    from ..core.encoder import Encoder
+    from ..core.loop_closure import KeyframeGateConfig, LoopClosureConfig
+    from ..core.map_index import IndexConfig
+    from ..core.mapping import Mapper
+    from ..core.params import EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
+    from ..core.recognition import PlaceRecognizer
+    from ..core.rerank import PatchCompressor
+    from ..nodes.conversions import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
+
+    enc_p = NodeParameters.from_file(params_file, "encoder_node")
+    map_p = NodeParameters.from_file(params_file, "mapping_node")
+    rec_p = NodeParameters.from_file(params_file, "recognition_node")
+    enc_settings, mapping = enc_p.get(EncoderNodeSettings), map_p.get(MappingSettings)
+    recognition = rec_p.get(RecognitionSettings)
+    encoder = Encoder.from_config(enc_p.get(EncoderSelection).build())
+    result = ReplayResult("offline", map_path=str(map_path))
+    poses = bag_poses(messages, result.skip)
+    if localization:
+        db = PlaceDatabase(map_path, index=rec_p.get(IndexConfig), follower=True)
+        mapper = None
+    else:
+        db = PlaceDatabase(map_path, encoder.signature(), index=map_p.get(IndexConfig), durable=mapping.durable)
+        mapper = Mapper(db, map_p.get(KeyframeGateConfig))
+        if mapping.new_session_on_start or mapping.session:
+            mapper.new_session(mapping.session or None)
+    recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig))
+    compressor = PatchCompressor(encoder.backbone.feature_dim, enc_settings.patch_dim, enc_settings.patch_grid) \
+        if enc_settings.publish_patches else None
+    for m in messages:
+        if m.msgtype not in IMAGE_TYPES:
+            continue
+        t0 = time.perf_counter()
+        try:  # a bad frame is skipped and counted, as the encoder node does
+            rgb = compressed_msg_to_rgb(m.msg) if m.msgtype == IMAGE_TYPES[1] else image_msg_to_rgb(m.msg)
+            if compressor is not None:
+                desc, feats = encoder.encode_with_features([rgb])
+                patches = compressor(feats[0])
+            else:
+                desc, patches = encoder.encode([rgb]), None
+        except AnyLocError as exc:
+            result.skip("images", exc)
+            continue
+        stamp = stamp_to_ns(m.msg.header.stamp)
+        pose = poses.at(stamp)
+        res = recognizer.query(desc[0], stamp, pose, patches,
+                               exclude_sessions=[db.session] if recognition.exclude_current_session else None)
+        if mapper is not None:
+            kid, _ = mapper.offer(desc[0], stamp, m.msg.header.frame_id, pose,
+                                  patches if mapping.store_patches else None)
+            if kid is not None:
+                recognizer.observe_keyframe(kid, stamp, pose)
+        result.frames.append(FrameResult(
+            stamp, [x.keyframe_id for x in res.matches],
+            [float(x.rerank_score if x.rerank_score is not None else x.score) for x in res.matches],
+            res.loop.match.keyframe_id if res.loop else None, (time.perf_counter() - t0) * 1e3))
+    db.close()
+    return result
+
+
+def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool, rate: float, workdir: Path, timeout: float = 60.0) -> ReplayResult:
+    """Publish the bag's raw CDR messages at the recorded (scaled) rate into the real nodes."""
+    from ..nodes.conversions import stamp_to_ns
+    from .ros_driver import DriverNode, NodeProcess
+
+    images = [m for m in messages if m.msgtype in IMAGE_TYPES]
+    names = ["encoder_node", "recognition_node"] + ([] if localization else ["mapping_node"])
+    transport = "compressed" if images and images[0].msgtype == IMAGE_TYPES[1] else "raw"
+    nodes = [NodeProcess(n, params_file, workdir, "-p", f"map_path:={map_path}",
+                         *(["-p", f"image_transport:={transport}"] if n == "encoder_node" else []))
+             for n in names]
+    driver = DriverNode("anyloc_replay")
+    result = ReplayResult("dds", map_path=str(map_path))
+    try:
+        from geometry_msgs.msg import PoseStamped
+        from nav_msgs.msg import Odometry
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from ..msg import LoopClosure, PlaceMatch
+
+        driver.watch(PlaceMatch, "place_matches", 1000)
+        driver.watch(LoopClosure, "loop_closures", 1000)
+        img_pub = driver.node.create_publisher(CompressedImage if transport == "compressed" else Image,
+                                               "image/compressed" if transport == "compressed" else "image", 100)
+        odom_pub = None
+        odoms = [m for m in messages if m.msgtype in ODOM_TYPES]
+        if odoms:
+            odom_pub = driver.node.create_publisher(Odometry if odoms[0].msgtype == ODOM_TYPES[0] else PoseStamped,
+                                                    "odom" if odoms[0].msgtype == ODOM_TYPES[0] else "pose", 1000)
+        driver.wait_matched(img_pub, 1, 120, nodes)
+        if odom_pub is not None:
+            driver.wait_matched(odom_pub, len(names) - 1, 120)
+        driver.wait_graph("descriptors", 1, len(names) - 1, 120)  # encoder -> recognition (+ mapping)
+        driver.wait_graph("place_matches", 1, 1, 120)
+        sent: dict[int, float] = {}
+        start_wall, start_bag = time.monotonic(), messages[0].stamp_ns
+        for m in messages:
+            delay = (m.stamp_ns - start_bag) / 1e9 / rate - (time.monotonic() - start_wall)
+            if delay > 0:
+                time.sleep(delay)
+            if m.msgtype in IMAGE_TYPES:
+                sent[stamp_to_ns(m.msg.header.stamp)] = time.monotonic()
+                img_pub.publish(m.raw)
+            elif odom_pub is not None:
+                odom_pub.publish(m.raw)
+        matches = driver.wait_for("place_matches", len(images), timeout)
+        arrived = driver.arrival_times("place_matches")
+        received = {stamp_to_ns(pm.query_stamp): (pm, t) for pm, t in zip(matches, arrived, strict=False)}
+        loops = {stamp_to_ns(lc.query_stamp): lc.match_id for lc in driver.received["loop_closures"]}
+        for stamp in sorted(sent):
+            pm, t = received.get(stamp, (None, float("nan")))
+            result.frames.append(FrameResult(
+                stamp, list(pm.keyframe_ids) if pm else [], [float(x) for x in pm.scores] if pm else [],
+                loops.get(stamp), (t - sent[stamp]) * 1e3))
+        if len(received) < len(images):
+            raise BagError(f"only {len(received)} of {len(images)} frames produced a place match over DDS")
+    finally:
+        for n in nodes:
+            n.stop()
+        driver.close()
+    return result
+
+
+def register(sub: Any) -> None:
+    from .encoder_args import add_encoder_args
+
+    p = sub.add_parser("replay", help="run a bag through the real nodes (DDS) or the same core code offline")
+    add_encoder_args(p)
+    p.add_argument("bag")
+    p.add_argument("--map", help="existing map: localise against it (else a new map is built in --output)")
+    p.add_argument("--offline", action="store_true", help="no DDS: the same core objects in the same order")
+    p.add_argument("--params-file", help="node params file (both modes read it; default: the parameter defaults)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (DDS mode)")
+    p.add_argument("--image-topic")
+    p.add_argument("--odom-topic")
+    p.add_argument("--loop-radius", type=float, default=0.5, help="true loop: poses within this distance (m)")
+    p.add_argument("--loop-min-gap", type=float, default=10.0, help="... and at least this far apart in time (s)")
+    p.add_argument("--output", default="results/replay")
+    p.set_defaults(func=_cmd_replay)
+
+
+def write_replay_params(args: Any, out: Path) -> Path:
+    """One params file for both modes: the user's (or the defaults), with the CLI's encoder
+    selection for the encoder node and the settings replay needs (every frame queued, reliable,
+    odometry as the pose source). The DDS nodes read it; the offline path builds the same objects."""
+    import yaml
+
+    from ..core.params import read_params_file
+    from .encoder_args import encoder_selection
+
+    user = read_params_file(args.params_file) if args.params_file else {}
+    sel = encoder_selection(args)
+    enc = {"encoder_config": str(Path(sel.encoder_config).resolve()) if sel.encoder_config else "",
+           "encoder_preset": sel.encoder_preset, "device": sel.device or "cpu", "queue_size": 1000,
+           "qos_reliable": True}
+    if sel.vocabulary:
+        enc["vocabulary"] = str(Path(sel.vocabulary).resolve())
+    if sel.pca:
+        enc["pca"] = str(Path(sel.pca).resolve())
+    sections = {"/**": {"pose_source": "odom", **user.get("/**", {})},
+                "encoder_node": {**user.get("encoder_node", {}), **enc},
+                "mapping_node": user.get("mapping_node", {}), "recognition_node": user.get("recognition_node", {})}
+    path = out / "replay_params.yaml"
+    path.write_text(yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, sort_keys=False))
+    return path
+
+
+def _cmd_replay(args: Any) -> int:
+    bag = Path(args.bag)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.config is None:
+        raise AnyLocError("replay needs --config (the encoder the nodes run)")
+    localization = bool(args.map)
+    map_path = Path(args.map) if args.map else out / ("map_offline" if args.offline else "map_dds")
+    if localization and not (map_path / "map.sqlite").is_file():
+        raise AnyLocError(f"no map at {map_path}")
+    if not localization and map_path.exists():
+        shutil.rmtree(map_path)
+    params = write_replay_params(args, out)
+    messages = list(read_bag(bag, args.image_topic, args.odom_topic))  # read once; fails early on a missing topic
+    if not any(m.msgtype in IMAGE_TYPES for m in messages):
+        raise BagError(f"bag {bag} has no image messages to replay (its image topic is empty)")
+    if args.offline:
+        result = replay_offline(messages, params, map_path, localization)
+    else:
+        from .ros_driver import isolated_dds_env
+
+        isolated_dds_env()
+        result = replay_dds(messages, params, map_path, localization, args.rate, out)
+    from ..core.database import PlaceDatabase
+    from ..eval.loops import loop_closure_pr
+    from ..nodes.conversions import stamp_to_ns
+
+    buf = bag_poses(messages)
+    poses = {stamp_to_ns(m.msg.header.stamp): buf.at(stamp_to_ns(m.msg.header.stamp))
+             for m in messages if m.msgtype in IMAGE_TYPES}
+    # against a saved map every revisit counts; within one run only those far apart in time
+    with PlaceDatabase(map_path, follower=True) as db:
+        keyframes = db.keyframes()
+    report = loop_closure_pr(result.frames, keyframes, poses, args.loop_radius,
+                             0.0 if localization else args.loop_min_gap)
+    lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
+    summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
+               "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
+               "latency_ms_median": float(np.median(lat)) if lat else None, "skipped": result.skipped,
+               "matches": [{"stamp_ns": f.stamp_ns, "top_ids": f.top_ids, "scores": f.top_scores,
+                            "loop_match": f.loop_match} for f in result.frames]}
+    (out / f"replay_{result.mode}.json").write_text(json.dumps(summary, indent=2))
+    print(f"replay ({result.mode}): {summary['frames']} frames, {summary['frames_matched']} with matches, "
+          f"{report['loop_closures']} loop closures (precision {report['loop_precision']:.3f}, recall "
+          f"{report['loop_recall']:.3f} of {report['frames_with_true_loop']} frames with a true loop); map {map_path}; "
+          f"results {out / f'replay_{result.mode}.json'}")
+    return 0
