@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "no .venv: run 'bash scripts/setup.sh' first" >&2; exit 1; }
 "$PY" -m ruff check .
+# The package's layers and no import cycles (contracts in pyproject.toml).
+.venv/bin/lint-imports
 status=0
 "$PY" -m pytest "$@" || status=$?
 # FastDDS can leave shared-memory segments of killed test processes behind.

@@ -54,7 +54,7 @@ def test_planted_symlinks_at_temporary_and_final_names_are_never_written_through
     (m / "index.faiss").symlink_to(victim)
     with PlaceDatabase(m, SIG) as db:  # rebuilds and saves the index
         db.add(x[0], 99)
-        db.save()
+        db.flush()
     assert victim.read_text() == "precious"
     assert (m / "index.faiss").is_file() and not (m / "index.faiss").is_symlink()
     assert not list(m.glob(".*tmp-*"))  # stale temporaries (and planted links) removed by the writer
@@ -198,7 +198,7 @@ def test_index_save_failure_loses_no_keyframe_and_close_does_not_raise(tmp_path,
 
     monkeypatch.setattr(map_index, "atomic_file", full)
     with pytest.raises(MapError, match="disk is full"):
-        db.save()
+        db.flush()
     db.index_config.save_every = 1
     ids = db.add_many(x[10:], list(range(10, 30)))  # periodic save fails: logged, keyframes kept
     with caplog.at_level(logging.WARNING):

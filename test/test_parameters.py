@@ -113,7 +113,7 @@ def test_nodes_and_offline_tools_build_the_same_objects_from_one_params_file(tmp
             type(mapping.gate_config))
         assert rec.loop_config == NodeParameters.from_file(params_file, "recognition_node").get(type(rec.loop_config))
         assert enc.compressor is None and sections["encoder_node"]["publish_patches"] is False
-        assert enc.encoder.backbone.device == "cpu" and mapping.map_path == rec.map_path == str(tmp_path / "map")
+        assert str(enc.encoder.backbone.device) == "cpu" and mapping.map_path == rec.map_path == str(tmp_path / "map")
     finally:
         for n in nodes:
             n.close()

@@ -34,7 +34,7 @@ def test_map_writes_stay_inside_the_map_directory(tmp_path):
         db.new_session("b")
         db.add(x[0], 9)
         db.remove([2])
-        db.save()
+        db.flush()
     created = set(tmp_path.rglob("*")) - outside_before
     assert created and all(p == tmp_path / "maps" or m in (p, *p.parents) for p in created)
 

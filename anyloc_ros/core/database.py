@@ -446,8 +446,6 @@ class PlaceDatabase:
             self.store.checkpoint()
             self.save_index()
 
-    save = flush
-
     def stats(self) -> MapStats:
         return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
                         self._index.trained, dict(self.encoder_signature))

@@ -3,7 +3,7 @@
 The one path every front end uses (ROS nodes, `anyloc replay --offline`, evaluation), so
 their results agree:
 
-    recognizer = PlaceRecognizer(db, LoopClosureConfig(), compressor)
+    recognizer = PlaceRecognizer(db, LoopClosureConfig())
     result = recognizer.query(descriptor, stamp_ns, pose, patches)   # before adding it
     kid, _ = mapper.offer(descriptor, stamp_ns, pose=pose, patches=...)   # core/mapping.py
     if kid is not None: recognizer.observe_keyframe(kid, stamp_ns, pose)
@@ -18,7 +18,7 @@ import numpy as np
 from .database import PlaceDatabase
 from .geometry import Pose
 from .loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureFilter, Query
-from .rerank import PatchCompressor, rerank
+from .rerank import rerank
 from .types import Match
 
 
@@ -30,18 +30,11 @@ class RecognitionResult:
 
 
 class PlaceRecognizer:
-    def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None,
-                 compressor: PatchCompressor | None = None) -> None:
+    def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None) -> None:
         self.db = db
         self.filter = LoopClosureFilter(config)
         self.config = self.filter.config
-        self.compressor = compressor
         self._query_seq = 0
-
-    def compress(self, patch_features: object | None) -> np.ndarray | None:
-        if patch_features is None or self.compressor is None:
-            return None
-        return self.compressor(patch_features)
 
     def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
               patches: np.ndarray | None = None, query_id: int | None = None,

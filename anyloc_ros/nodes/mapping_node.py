@@ -204,7 +204,7 @@ class MappingNode(Node):
                 res.success, res.message = False, "saving to another directory is not supported; copy the map " \
                                                   f"directory {self.db.path} instead"
             else:
-                self.db.save()
+                self.db.flush()
                 res.success, res.message = True, f"map saved: {self.db.path}"
         except Exception as exc:
             res.success, res.message = False, f"save failed: {exc}"
