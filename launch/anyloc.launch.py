@@ -6,10 +6,21 @@
 mode: full (map while recognising), mapping, localization (recognise against a saved map).
 use_composition:=true runs the nodes in one process (anyloc_pipeline): images are not
 serialised between encoder, mapping and recognition.
+
+Launch arguments win over the params file: they are passed as a parameter file after it,
+under each node's own name (ros_arguments `-p` would come before `--params-file` and lose; a
+`/**` section would lose against a node's section of the user's file, which rcl applies later). A node that exits with an
+error (bad parameters, missing weights) ends the whole launch with its message above, unless
+respawn:=true asks for it to be restarted.
 """
 
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+import tempfile
+
+import yaml
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
+from launch.conditions import IfCondition, UnlessCondition
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -23,12 +34,51 @@ def generate_launch_description() -> LaunchDescription:
     camera = LaunchConfiguration("camera_topic")
     odom = LaunchConfiguration("odom_topic")
     params = LaunchConfiguration("params_file")
+    respawn = LaunchConfiguration("respawn")
     overrides = {"map_path": LaunchConfiguration("map_path")}
 
     def when(modes: str, composition: str) -> IfCondition:
         return IfCondition(PythonExpression(["'", mode, "' in ", modes, " and '", composed, "' == '", composition, "'"]))
 
     camera_remaps = [("image", camera), ("image/compressed", [camera, "/compressed"])]
+
+    def node(**kw) -> Node:
+        return Node(package="anyloc_ros", output="screen", respawn=respawn, respawn_delay=2.0, **kw)
+
+    nodes = [
+        node(executable="encoder_node", name="encoder_node", parameters=[params], remappings=camera_remaps,
+             condition=when("('full', 'mapping', 'localization')", "false")),
+        node(executable="mapping_node", name="mapping_node", parameters=[params, overrides],
+             remappings=[("odom", odom)], condition=when("('full', 'mapping')", "false")),
+        node(executable="recognition_node", name="recognition_node", parameters=[params, overrides],
+             remappings=[("odom", odom)], condition=when("('full', 'localization')", "false")),
+    ]
+
+    def end_on_failure(event, context):
+        if event.returncode in (0, None):
+            return []
+        name = event.action.name
+        return [LogInfo(msg=f"[anyloc_ros] {name} exited with code {event.returncode} (its error is above): "
+                            "ending the launch (respawn:=true restarts it instead)"),
+                EmitEvent(event=Shutdown(reason=f"{name} failed (exit code {event.returncode})"))]
+
+    def failure_handler(target: Node) -> RegisterEventHandler:
+        return RegisterEventHandler(OnProcessExit(target_action=target, on_exit=end_on_failure),
+                                    condition=UnlessCondition(respawn))
+
+    def pipeline(context):
+        # No `name` here: a node-name remap would rename all three nodes of the process. The
+        # launch arguments go to each node of the process by name, in a file after the user's.
+        map_path = LaunchConfiguration("map_path").perform(context)
+        sections = {"/**/anyloc_pipeline": {"mode": mode.perform(context)},
+                    **{f"/**/{n}": {"map_path": map_path} for n in ("mapping_node", "recognition_node")}}
+        with tempfile.NamedTemporaryFile("w", prefix="anyloc_launch_arguments_", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, f)
+        composed_node = node(executable="anyloc_pipeline", parameters=[params, f.name],
+                             remappings=camera_remaps + [("odom", odom)])
+        return [composed_node, failure_handler(composed_node)]
+
+    failure_handlers = [failure_handler(n) for n in nodes]
     return LaunchDescription([
         DeclareLaunchArgument("mode", default_value="full", choices=["full", "mapping", "localization"],
                               description="full: map and recognise; mapping; localization: saved map only"),
@@ -43,19 +93,9 @@ def generate_launch_description() -> LaunchDescription:
                                                                   "anyloc.yaml"]),
                               description="ROS 2 params file for the anyloc_ros nodes"),
         DeclareLaunchArgument("map_path", default_value="~/.ros/anyloc/map", description="map directory"),
-        Node(package="anyloc_ros", executable="encoder_node", name="encoder_node", output="screen",
-             parameters=[params], remappings=camera_remaps,
-             condition=when("('full', 'mapping', 'localization')", "false")),
-        Node(package="anyloc_ros", executable="mapping_node", name="mapping_node", output="screen",
-             parameters=[params, overrides], remappings=[("odom", odom)],
-             condition=when("('full', 'mapping')", "false")),
-        Node(package="anyloc_ros", executable="recognition_node", name="recognition_node", output="screen",
-             parameters=[params, overrides], remappings=[("odom", odom)],
-             condition=when("('full', 'localization')", "false")),
-        # No `name` here: a node-name remap would rename all three nodes of the process. `-p`
-        # overrides apply to every node in it.
-        Node(package="anyloc_ros", executable="anyloc_pipeline", output="screen",
-             parameters=[params], remappings=camera_remaps + [("odom", odom)],
-             ros_arguments=["-p", ["map_path:=", LaunchConfiguration("map_path")], "-p", ["mode:=", mode]],
-             condition=when("('full', 'mapping', 'localization')", "true")),
+        DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
+                              description="restart a node that exits (else a failing node ends the launch)"),
+        *nodes,
+        *failure_handlers,
+        OpaqueFunction(function=pipeline, condition=when("('full', 'mapping', 'localization')", "true")),
     ])

@@ -26,4 +26,23 @@ AMENT_PREFIX_PATH="$VIRTUAL_ENV" cmake -S . -B build/cmake \
 cmake --build build/cmake -j"$(nproc)" >>build-cmake.log 2>&1 || { tail -50 build-cmake.log; exit 1; }
 cmake --install build/cmake >>build-cmake.log 2>&1 || { tail -50 build-cmake.log; exit 1; }
 rm -f build-cmake.log
+
+# ROS 2 launch, launch_testing, the ros2 CLI and message_filters: on a ROS 2 install they come
+# from the distribution; here from ../shared/ros2-launch (upstream sources built as wheels, offline).
+LAUNCH_WHEELS=${ANYLOC_ROS2_LAUNCH:-../shared/ros2-launch}
+if ! python -c "import launch_ros, launch_testing, ros2cli, message_filters" 2>/dev/null; then
+  if [ -x "$LAUNCH_WHEELS/install.sh" ]; then
+    bash "$LAUNCH_WHEELS/install.sh" .venv "$LAUNCH_WHEELS/wheels" >/dev/null
+  else
+    echo "note: no ROS 2 launch tools ($LAUNCH_WHEELS missing): ros2 launch and the launch tests are unavailable" >&2
+  fi
+fi
+# The venv's environment is the ROS 2 environment: the ament index (ros2 launch, FindPackageShare,
+# Node(package=...)) is the venv prefix, as a real install's setup.bash would export.
+if ! grep -q "anyloc_ros: ament index" .venv/bin/activate; then
+  cat >> .venv/bin/activate <<'ACT'
+# anyloc_ros: ament index of the venv prefix (what a ROS 2 install's setup.bash exports)
+export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+ACT
+fi
 python -c "import anyloc_ros.msg, anyloc_ros.srv, anyloc_ros.core.encoder, rclpy; print('anyloc_ros set up in', '$VIRTUAL_ENV')"

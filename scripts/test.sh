@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "no .venv: run 'bash scripts/setup.sh' first" >&2; exit 1; }
+# The venv's ROS 2 environment (PATH for node executables, AMENT_PREFIX_PATH for launch files).
+# shellcheck disable=SC1091
+. .venv/bin/activate
 "$PY" -m ruff check .
 # The package's layers and no import cycles (contracts in pyproject.toml).
 .venv/bin/lint-imports

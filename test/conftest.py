@@ -28,6 +28,11 @@ os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fa
 # Node and CLI processes started by tests run this source tree, not an older installed copy.
 os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
 os.environ["PYTHONUNBUFFERED"] = "1"
+# The venv is the ROS 2 environment (what `. .venv/bin/activate` sets; scripts/test.sh does).
+_VENV = REPO / ".venv"
+if (_VENV / "share" / "ament_index").is_dir() and str(_VENV) not in os.environ.get("AMENT_PREFIX_PATH", ""):
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(filter(None, [str(_VENV), os.environ.get("AMENT_PREFIX_PATH")]))
+    os.environ["PATH"] = str(_VENV / "bin") + os.pathsep + os.environ.get("PATH", "")
 
 
 def require(path: Path) -> Path:

@@ -27,26 +27,40 @@ def installed_executables() -> set[str]:
 
 
 def launch_nodes(path: Path) -> list[dict]:
-    """Node(...) calls of a launch file: executable, parameter keys set by dicts / -p."""
+    """Node(...) calls of a launch file (or of its `node(...)` helper): executable and the
+    parameter keys set by dicts (`{**overrides, "mode": ...}` expanded) or `-p`."""
     tree = ast.parse(path.read_text())
     assigned = {t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                 for t in node.targets if isinstance(t, ast.Name)}
+
+    def dict_keys(d: ast.Dict) -> set[str]:
+        keys = set()
+        for k, v in zip(d.keys, d.values, strict=True):
+            if k is None and isinstance(v, ast.Name) and isinstance(assigned.get(v.id), ast.Dict):
+                keys |= dict_keys(assigned[v.id])
+            elif isinstance(k, ast.Constant):
+                keys.add(k.value)
+        return keys
+
     nodes = []
     for call in ast.walk(tree):
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node"):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", "") in ("Node", "node")):
             continue
         kw = {k.arg: k.value for k in call.keywords}
+        if "executable" not in kw:
+            continue  # the helper's own Node(package=..., **kw)
         keys: set[str] = set()
         for item in getattr(kw.get("parameters"), "elts", []):
             item = assigned.get(item.id, item) if isinstance(item, ast.Name) else item
             if isinstance(item, ast.Dict):
-                keys |= {k.value for k in item.keys}
+                keys |= dict_keys(item)
         ros_args = getattr(kw.get("ros_arguments"), "elts", [])
         for a, b in zip(ros_args, ros_args[1:], strict=False):
             if isinstance(a, ast.Constant) and a.value == "-p":
                 first = b.elts[0] if isinstance(b, ast.List) else b
                 keys.add(first.value.split(":=")[0])
-        nodes.append({"package": kw["package"].value, "executable": kw["executable"].value, "params": keys})
+        package = kw["package"].value if "package" in kw else "anyloc_ros"
+        nodes.append({"package": package, "executable": kw["executable"].value, "params": keys})
     return nodes
 
 

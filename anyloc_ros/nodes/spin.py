@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -63,6 +64,9 @@ def run_node(factory: Any, args: list[str] | None = None) -> int:
         print(f"[anyloc_ros] start-up error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        # Shutting down: a second Ctrl-C (the terminal signals the whole process group and
+        # `ros2 launch` forwards its own) must not abort the cleanup half-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if handler is not None:
             logging.getLogger("anyloc_ros").removeHandler(handler)
         for node in nodes:
