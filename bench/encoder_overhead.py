@@ -19,9 +19,10 @@ import torch
 from _common import SHARED, record, table, timeit  # noqa: I001
 
 from anyloc_ros.core.aggregation import VLAD
-from anyloc_ros.core.backbones import Dinov2Backbone, OnnxBackbone
+from anyloc_ros.core.backbones import Dinov2Backbone
 from anyloc_ros.core.encoder import Encoder
 from anyloc_ros.core.images import decode_image_bytes
+from anyloc_ros.core.onnx_backbone import OnnxBackbone
 from anyloc_ros.core.projection import PCA
 
 SIZES = {"ViT-S/14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),

@@ -53,7 +53,7 @@ def read_corridor_gt() -> list[set[int]]:
 
 @pytest.fixture(scope="session")
 def xfeat_backbone():
-    from anyloc_ros.core.backbones import OnnxBackbone
+    from anyloc_ros.core.onnx_backbone import OnnxBackbone
 
     return OnnxBackbone(require(XFEAT_ONNX), output_name="output", device="cpu")
 

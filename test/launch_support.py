@@ -42,7 +42,7 @@ def vocabulary() -> Path:
     """A 32-cluster XFeat vocabulary of the first N corridor map images (cached per test run)."""
     import torch
 
-    from anyloc_ros.core.backbones import OnnxBackbone
+    from anyloc_ros.core.onnx_backbone import OnnxBackbone
     from anyloc_ros.core.vocabulary import Vocabulary, fit_vocabulary
 
     bb = OnnxBackbone(XFEAT_ONNX, output_name="output", device="cpu")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from anyloc_ros.core.backbones import Dinov2Backbone, OnnxBackbone, export_dinov2_onnx
+from anyloc_ros.core.backbones import Dinov2Backbone
 from anyloc_ros.core.errors import ConfigError, WeightsNotFoundError
 from anyloc_ros.core.images import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
+from anyloc_ros.core.onnx_backbone import OnnxBackbone, export_dinov2_onnx
 
 
 def save_tiny_dinov2(path, registers: int = 0, layers: int = 4):

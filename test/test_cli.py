@@ -52,7 +52,8 @@ def test_export_onnx_command_roundtrip(tmp_path):
     """`anyloc export-onnx` on a DINOv2 config (tiny random model in a local directory)."""
     import torch
 
-    from anyloc_ros.core.backbones import Dinov2Backbone, OnnxBackbone
+    from anyloc_ros.core.backbones import Dinov2Backbone
+    from anyloc_ros.core.onnx_backbone import OnnxBackbone
 
     from .test_backbones import save_tiny_dinov2
 

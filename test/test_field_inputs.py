@@ -255,8 +255,8 @@ def _onnx_model(path, kind: str):
 
 def test_onnx_models_of_the_wrong_shape_or_with_nan_output_are_refused(tmp_path):
     from anyloc_ros.core.aggregation import GeM
-    from anyloc_ros.core.backbones import OnnxBackbone
     from anyloc_ros.core.encoder import Encoder
+    from anyloc_ros.core.onnx_backbone import OnnxBackbone
 
     _onnx_model(tmp_path / "r2.onnx", "rank2")
     with pytest.raises(ConfigError, match="rank"):

@@ -107,8 +107,8 @@ class PlaceDatabase:
         self._next_id = max(_int(store.meta("last_id")), store.max_id()) + 1  # ids are never reused
         self._last_id = store.max_id()
         self._removed_seq = store.removed_since(0)[0] if self.follower else 0
-        self._index = MapIndex(self.path, self.dim, self.index_config, self.map_id)
-        self._load_or_rebuild_index()
+        self._index = MapIndex(self.path, self.dim, self.index_config, self.map_id, writable=not self.follower)
+        self._index.open(self.store)
         self.session = self._active_session()
         if session and not self.follower:
             self.new_session(session)
@@ -211,58 +211,19 @@ class PlaceDatabase:
                 if ids:
                     self.store.set_meta(conn, "last_id", ids[-1])
             self._next_id += n
-            self._index_add(descs, np.array(ids, dtype=np.int64))
+            self._index.add(descs, np.array(ids, dtype=np.int64), self.store)
             self._last_id = max([self._last_id, *ids])
             self._adds_since_save += n
             if self.index_config.save_every and self._adds_since_save >= self.index_config.save_every:
-                self._save_index_quietly()
+                self._index.save_quietly()
+                self._adds_since_save = 0
         return ids
 
-    # ---------------------------------------------------------------- index
-    def _index_add(self, descs: np.ndarray, ids: np.ndarray) -> None:
-        if len(ids) == 0:
-            return
-        if self._index.needs_training(self.__len__):
-            self.reindex()  # enough keyframes to train: rebuild as IVF, includes these
-            return
-        self._index.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
-
-    def _finite_rows(self, ids: np.ndarray, descs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = np.isfinite(descs).all(axis=1)
-        if not ok.all():
-            log.error("map %s: %d keyframes have damaged descriptors (%s...); they are left out of the index",
-                      self.path, int((~ok).sum()), ids[~ok][:5].tolist())
-        return ids[ok], np.ascontiguousarray(descs[ok])
-
+    # ---------------------------------------------------------------- index (map_index.MapIndex keeps it in step)
     def reindex(self) -> None:
         """Rebuild the search index from SQLite (and train it, for IVF with enough keyframes)."""
         with self._lock:
-            def sample() -> np.ndarray:
-                ids = self.store.all_ids()
-                if len(ids) > 100_000:
-                    ids = np.sort(np.random.default_rng(0).choice(ids, 100_000, replace=False))
-                return self._finite_rows(ids, self.descriptors(ids))[1]
-
-            def batches() -> Iterable[tuple[np.ndarray, np.ndarray]]:
-                for ids, descs in self.store.iter_descriptors(self.dim):
-                    yield self._finite_rows(ids, descs)
-
-            self._index.build(len(self), sample, batches)
-            self._save_index_quietly()
-
-    def _load_or_rebuild_index(self) -> None:
-        reason, missing = self._index.load(self.store.all_ids())
-        if reason is None:
-            if len(missing):
-                log.info("index of %s is %d keyframes behind the database; adding them", self.path, len(missing))
-                for s in range(0, len(missing), 4096):
-                    part = missing[s : s + 4096]
-                    self._index.index.add_with_ids(*self._finite_rows(part, self.descriptors(part))[::-1])
-                self._save_index_quietly()
-            return
-        if reason != "new map":
-            log.warning("map %s: %s; rebuilding the index from %s", self.path, reason, self.DB_FILE)
-        self.reindex()
+            self._index.rebuild(self.store)
 
     def save_index(self) -> None:
         """Write index.faiss + index.json atomically (writer only; MapError when it cannot)."""
@@ -271,13 +232,6 @@ class PlaceDatabase:
         with self._lock:
             self._index.save()
             self._adds_since_save = 0
-
-    def _save_index_quietly(self) -> None:
-        """Periodic saves: the keyframes are already durable, so a failed save only logs."""
-        try:
-            self.save_index()
-        except MapError as exc:
-            log.warning("%s", exc)
 
     # ---------------------------------------------------------------- queries
     def __len__(self) -> int:
@@ -315,35 +269,6 @@ class PlaceDatabase:
             return self.store.keyframes("WHERE session=? ORDER BY id", (session,))
         return self.store.keyframes("ORDER BY id")
 
-    def _selector(self, sessions, exclude_sessions, max_id, exclude_ids) -> Any:
-        import faiss
-
-        parts: list[Any] = []
-        keep: list[Any] = []  # faiss selectors do not own the arrays / sub-selectors they use
-        if max_id is not None:
-            parts.append(faiss.IDSelectorRange(0, int(max_id)))
-        if sessions is not None:
-            ids = np.concatenate([self.ids(s) for s in sessions] or [np.zeros(0, np.int64)])
-            keep.append(ids)
-            parts.append(faiss.IDSelectorBatch(ids))
-        excl = [self.ids(s) for s in (exclude_sessions or [])]
-        if exclude_ids is not None:
-            excl.append(np.asarray(list(exclude_ids), np.int64))
-        if excl:
-            ids = np.concatenate(excl)
-            keep.append(ids)
-            inner = faiss.IDSelectorBatch(ids)
-            keep.append(inner)
-            parts.append(faiss.IDSelectorNot(inner))
-        if not parts:
-            return None, keep
-        sel = parts[0]
-        for p in parts[1:]:
-            keep.append(sel)
-            sel = faiss.IDSelectorAnd(sel, p)
-        keep.extend(parts)
-        return sel, keep
-
     def search(
         self,
         queries: np.ndarray,
@@ -359,8 +284,6 @@ class PlaceDatabase:
         sessions / exclude_sessions restrict the search to, or away from, traversals;
         max_id keeps only keyframes with id < max_id (e.g. to exclude recent ones).
         """
-        import faiss
-
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if q.shape[1] != self.dim:
             raise FeatureDimensionError(f"query has {q.shape[1]} dimensions, the map holds {self.dim}-D descriptors")
@@ -368,23 +291,14 @@ class PlaceDatabase:
             raise FeatureDimensionError("query descriptor contains NaN or inf")
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         with self._lock:
-            index = self._index.index
-            if index is None or index.ntotal == 0 or k <= 0:
-                return [[] for _ in q]
-            sel, _keep = self._selector(sessions, exclude_sessions, max_id, exclude_ids)
-            if sel is not None and self._index.on_gpu:  # pragma: no cover - GPU indexes take no selector
-                index = self._index.cpu()
-            params = None
-            cfg = self.index_config
-            inner = faiss.downcast_index(index.index) if not self._index.on_gpu or sel is not None else None
-            if isinstance(inner, faiss.IndexHNSW):
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(cfg.hnsw_ef_search, k))
-            elif isinstance(inner, faiss.IndexIVF):
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=min(cfg.nprobe, inner.nlist))
-            elif sel is not None:
-                params = faiss.SearchParameters(sel=sel)
-            scores, ids = index.search(q, min(k, index.ntotal), params=params)
-            return [self._matches(i_row, s_row) for i_row, s_row in zip(ids, scores, strict=True)]
+            include = None if sessions is None else \
+                np.concatenate([self.ids(s) for s in sessions] or [np.zeros(0, np.int64)])
+            excl = [self.ids(s) for s in (exclude_sessions or [])]
+            if exclude_ids is not None:
+                excl.append(np.asarray(list(exclude_ids), np.int64))
+            exclude = np.concatenate(excl) if excl else None
+            results = self._index.search(q, k, include=include, exclude=exclude, max_id=max_id)
+            return [self._matches(i_row, s_row) for i_row, s_row in results]
 
     def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
@@ -405,17 +319,9 @@ class PlaceDatabase:
                     part = ids[s : s + 900].tolist()
                     conn.execute(f"DELETE FROM keyframes WHERE id IN ({','.join('?' * len(part))})", part)
                 conn.executemany("INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in ids])
-            self._index_remove(ids)
-            self._save_index_quietly()
+            self._index.remove(ids, self.store)
+            self._index.save_quietly()
         return len(ids)
-
-    def _index_remove(self, ids: np.ndarray) -> None:
-        import faiss
-
-        if self.index_config.type == "hnsw" or self._index.on_gpu:
-            self.reindex()  # HNSW graphs (and GPU indexes) cannot delete in place
-        else:
-            self._index.index.remove_ids(faiss.IDSelectorBatch(ids))
 
     def refresh(self) -> list[Keyframe]:
         """Follower: pick up the writer's changes since the last call: the active session, removed
@@ -425,12 +331,12 @@ class PlaceDatabase:
             seq, removed = self.store.removed_since(self._removed_seq)
             if removed:
                 self._removed_seq = seq
-                self._index_remove(np.asarray(removed, np.int64))
+                self._index.remove(np.asarray(removed, np.int64), self.store)
             new = self.store.keyframes("WHERE id > ? ORDER BY id", (self._last_id,))
             if not new:
                 return []
             ids = np.array([k.id for k in new], np.int64)
-            self._index_add(*self._finite_rows(ids, self.descriptors(ids))[::-1])
+            self._index.add_from_store(ids, self.store)
             self._last_id = int(ids[-1])
             return new
 

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .aggregation import VLAD, GeM
-from .backbones import DenseBackbone, Dinov2Backbone, OnnxBackbone
+from .backbones import DenseBackbone, Dinov2Backbone
 from .config import EncoderConfig
 from .errors import ConfigError, FeatureDimensionError, ImageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from .onnx_backbone import OnnxBackbone
 from .projection import PCA
 from .types import EncoderSignature, digest
 from .vocabulary import Vocabulary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,6 +95,33 @@ def build_index(dim: int, cfg: IndexConfig, n_train: int = 0) -> Any:
     return index
 
 
+def id_selector(include: np.ndarray | None, exclude: np.ndarray | None, max_id: int | None) -> tuple[Any, list]:
+    """A faiss IDSelector for (ids in `include`) and not (ids in `exclude`) and (id < max_id), or
+    None for no restriction; plus the objects it borrows, which the caller keeps alive while
+    searching (faiss selectors do not own their arrays or sub-selectors)."""
+    import faiss
+
+    parts: list[Any] = []
+    keep: list[Any] = []
+    if max_id is not None:
+        parts.append(faiss.IDSelectorRange(0, int(max_id)))
+    if include is not None:
+        keep.append(include)
+        parts.append(faiss.IDSelectorBatch(include))
+    if exclude is not None and len(exclude):
+        inner = faiss.IDSelectorBatch(exclude)
+        keep += [exclude, inner]
+        parts.append(faiss.IDSelectorNot(inner))
+    if not parts:
+        return None, keep
+    sel = parts[0]
+    for p in parts[1:]:
+        keep.append(sel)
+        sel = faiss.IDSelectorAnd(sel, p)
+    keep.extend(parts)
+    return sel, keep
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -109,8 +136,10 @@ class MapIndex:
     FILE = "index.faiss"
     META = "index.json"
 
-    def __init__(self, directory: Path, dim: int, config: IndexConfig, map_id: str | None) -> None:
+    def __init__(self, directory: Path, dim: int, config: IndexConfig, map_id: str | None,
+                 writable: bool = True) -> None:
         self.directory, self.dim, self.config, self.map_id = directory, dim, config, map_id
+        self.writable = writable  # followers keep an index in memory and never write the files
         self.index: Any = None
         self.trained = False
         self._gpu: Any = None
@@ -154,6 +183,96 @@ class MapIndex:
             log.warning("could not move the index to the GPU (%s); searching on the CPU", exc)
             return index
 
+    # ---------------------------------------------------------------- in step with the store
+    def open(self, store: Any) -> None:
+        """Load the saved index and add what it misses, or rebuild it from `store` (a MapStore)
+        when it is missing, damaged or from another map."""
+        reason, missing = self.load(store.all_ids())
+        if reason is None:
+            if len(missing):
+                log.info("index of %s is %d keyframes behind the database; adding them", self.directory, len(missing))
+                for s in range(0, len(missing), 4096):
+                    self.add_from_store(missing[s : s + 4096], store, train=False)
+                self.save_quietly()
+            return
+        if reason != "new map":
+            log.warning("map %s: %s; rebuilding the index from %s", self.directory, reason, store.FILE)
+        self.rebuild(store)
+
+    def rebuild(self, store: Any) -> None:
+        """A fresh index over every keyframe of `store` (trained, for IVF with enough of them)."""
+        def sample() -> np.ndarray:
+            ids = store.all_ids()
+            if len(ids) > 100_000:
+                ids = np.sort(np.random.default_rng(0).choice(ids, 100_000, replace=False))
+            return self._finite_rows(ids, store.descriptors(ids, self.dim))[1]
+
+        def batches() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+            for ids, descs in store.iter_descriptors(self.dim):
+                yield self._finite_rows(ids, descs)
+
+        self.build(store.count(), sample, batches)
+        self.save_quietly()
+
+    def add(self, descs: np.ndarray, ids: np.ndarray, store: Any, train: bool = True) -> None:
+        """Index keyframes just written to `store` (an untrained IVF with enough of them is rebuilt)."""
+        if len(ids) == 0:
+            return
+        if train and self.needs_training(store.count):
+            self.rebuild(store)  # enough keyframes to train: rebuild as IVF, includes these
+            return
+        self.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
+
+    def add_from_store(self, ids: np.ndarray, store: Any, train: bool = True) -> None:
+        ids, descs = self._finite_rows(ids, store.descriptors(ids, self.dim))
+        self.add(descs, ids, store, train)
+
+    def remove(self, ids: np.ndarray, store: Any) -> None:
+        import faiss
+
+        if self.config.type == "hnsw" or self.on_gpu:
+            self.rebuild(store)  # HNSW graphs (and GPU indexes) cannot delete in place
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def _finite_rows(self, ids: np.ndarray, descs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(descs).all(axis=1)
+        if not ok.all():
+            log.error("map %s: %d keyframes have damaged descriptors (%s...); they are left out of the index",
+                      self.directory, int((~ok).sum()), ids[~ok][:5].tolist())
+        return ids[ok], np.ascontiguousarray(descs[ok])
+
+    def save_quietly(self) -> None:
+        """Periodic saves: the keyframes are already durable in the store, so a failed save only logs."""
+        try:
+            self.save()
+        except MapError as exc:
+            log.warning("%s", exc)
+
+    # ---------------------------------------------------------------- searching
+    def search(self, q: np.ndarray, k: int, include: np.ndarray | None = None, exclude: np.ndarray | None = None,
+               max_id: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, scores) of the top-k per unit query row, restricted to `include` ids, away from
+        `exclude` ids and below `max_id` (faiss ID selectors); ids of -1 are empty slots."""
+        import faiss
+
+        index = self.index
+        if index is None or index.ntotal == 0 or k <= 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in q]
+        sel, _keep = id_selector(include, exclude, max_id)
+        if sel is not None and self.on_gpu:  # pragma: no cover - GPU indexes take no selector
+            index = self.cpu()
+        params = None
+        inner = faiss.downcast_index(index.index) if not self.on_gpu or sel is not None else None
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.config.hnsw_ef_search, k))
+        elif isinstance(inner, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=min(self.config.nprobe, inner.nlist))
+        elif sel is not None:
+            params = faiss.SearchParameters(sel=sel)
+        scores, ids = index.search(q, min(k, index.ntotal), params=params)
+        return list(zip(ids, scores, strict=True))
+
     def cpu(self) -> Any:
         import faiss
 
@@ -194,9 +313,12 @@ class MapIndex:
         return None, np.setdiff1d(want_ids, have, assume_unique=True)
 
     def save(self) -> None:
-        """Write index.faiss + index.json atomically (the database is already durable)."""
+        """Write index.faiss + index.json atomically (the database is already durable); a
+        follower's index is never written."""
         import faiss
 
+        if not self.writable:
+            return
         cpu = self.cpu()
         try:
             with atomic_file(self.directory / self.FILE) as f:

@@ -24,7 +24,6 @@ Safety rules, each a fault a robot or an attacker can cause:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -41,15 +40,14 @@ from typing import Any
 import numpy as np
 
 from .errors import MapError
-from .fileio import atomic_path, describe_os_error, is_regular_file, remove_stale_temporaries
+from .fileio import atomic_path, describe_os_error, remove_stale_temporaries
 from .geometry import Pose
+from .map_file import APPLICATION_ID, check_map_header, classify_sqlite_error, take_writer_lock
 from .types import Keyframe
 
 log = logging.getLogger(__name__)
 
 FORMAT = "anyloc_ros.map/1"
-APPLICATION_ID = 0x414C4D50  # "ALMP" in the SQLite header: this file is an anyloc_ros map
-SQLITE_MAGIC = b"SQLite format 3\x00"
 MAX_SESSION_ID = 128
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
 
@@ -81,18 +79,6 @@ def validate_session_id(sid: str) -> str:
     return sid
 
 
-def _classify(exc: BaseException) -> str:
-    code = getattr(exc, "sqlite_errorcode", None)
-    text = str(exc).lower()
-    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
-        return "full"
-    if code == sqlite3.SQLITE_READONLY or "readonly" in text or "read-only" in text:
-        return "readonly"
-    if code == sqlite3.SQLITE_BUSY or "locked" in text:
-        return "busy"
-    return "damaged"
-
-
 class MapStore:
     """One map's SQLite file, opened as the writer (locked, read-write) or as a follower (read-only)."""
 
@@ -108,7 +94,7 @@ class MapStore:
         self._conn: sqlite3.Connection | None = None
         try:
             if writer:
-                self._take_lock()
+                self._lock_file = take_writer_lock(directory, self.LOCK)
                 stale = remove_stale_temporaries(directory)
                 if stale:
                     log.info("map %s: removed %d temporary file(s) left by an interrupted save", directory, len(stale))
@@ -122,32 +108,6 @@ class MapStore:
             raise
 
     # ------------------------------------------------------------------ opening
-    def _take_lock(self) -> None:
-        path = self.directory / self.LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise MapError(f"map directory {self.directory} is read-only ({exc.strerror}): mapping needs a "
-                               "writable directory; open the map for localisation only (a follower) or make it "
-                               "writable") from exc
-            raise MapError(f"cannot lock map {self.directory}: {self.LOCK} {exc.strerror}"
-                           + (" (a symlink: refusing to follow it)" if exc.errno == errno.ELOOP else "")) from exc
-        f = os.fdopen(fd, "r+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            holder = f.read(32).strip()
-            f.close()
-            raise MapError(f"map {self.directory} is already open for writing by another process"
-                           f"{' (pid ' + holder + ')' if holder.isdigit() else ''}; one map has one writer "
-                           "(open it as a follower to read it)") from exc
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        self._lock_file = f
-
     def _create(self, meta: dict[str, Any]) -> None:
         """Build the new map aside and rename it into place: readers never see a half-made map."""
         try:
@@ -167,30 +127,6 @@ class MapStore:
         except OSError as exc:
             raise MapError(f"cannot create map {self.file}: {describe_os_error(exc)}") from exc
 
-    def _check_header(self) -> int:
-        """The SQLite application_id of the file, after checking (without SQLite, without
-        writing) that it is a regular, non-empty SQLite file."""
-        f = self.file
-        if not f.exists():
-            raise MapError(f"no map at {self.directory} (missing {f})")
-        if not is_regular_file(f):
-            raise MapError(f"{f} is not a regular file (a device, FIFO or directory): not a map")
-        try:
-            with open(f, "rb") as fh:
-                head = fh.read(100)
-        except OSError as exc:
-            raise MapError(f"cannot read map {f}: {exc.strerror}") from exc
-        if not head:
-            raise MapError(f"map database {f} is empty (zero length: its creation or a copy was cut off); "
-                           "restore the map directory from a backup")
-        if len(head) < 100 or head[:16] != SQLITE_MAGIC:
-            raise MapError(f"{f} is not an anyloc_ros map (not an SQLite database, or its header is damaged)")
-        app_id = int.from_bytes(head[68:72], "big")
-        if app_id not in (0, APPLICATION_ID):
-            raise MapError(f"{f} belongs to another application (SQLite application_id {app_id:#010x}); "
-                           "it is not an anyloc_ros map and was left untouched")
-        return app_id
-
     def _connect_ro(self, immutable: bool) -> sqlite3.Connection:
         uri = "file:" + urllib.parse.quote(str(self.file.absolute())) + ("?immutable=1" if immutable else "?mode=ro")
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
@@ -198,7 +134,7 @@ class MapStore:
         return conn
 
     def _identify_and_connect(self, durable: bool) -> sqlite3.Connection:
-        app_id = self._check_header()
+        app_id = check_map_header(self.file, self.directory)
         try:
             try:
                 ro = self._connect_ro(immutable=False)
@@ -206,7 +142,7 @@ class MapStore:
             except sqlite3.OperationalError as exc:
                 # On a read-only file system SQLite cannot create the WAL index ("unable to open");
                 # nothing can change the file there, so a follower reads it as immutable.
-                read_only_fs = "unable to open" in str(exc) or _classify(exc) != "damaged"
+                read_only_fs = "unable to open" in str(exc) or classify_sqlite_error(exc) != "damaged"
                 if self.writer or not read_only_fs:
                     raise
                 ro = self._connect_ro(immutable=True)
@@ -270,7 +206,7 @@ class MapStore:
 
     # ------------------------------------------------------------------ errors
     def error(self, action: str, exc: BaseException) -> MapError:
-        kind = _classify(exc)
+        kind = classify_sqlite_error(exc)
         if kind == "full":
             why = "the disk is full (database or disk is full): free some space; mapping resumes when there is room"
         elif kind == "readonly":

@@ -113,8 +113,9 @@ def cmd_fit_pca(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..core.backbones import Dinov2Backbone, export_dinov2_onnx
+    from ..core.backbones import Dinov2Backbone
     from ..core.encoder import build_backbone
+    from ..core.onnx_backbone import export_dinov2_onnx
 
     cfg = encoder_config(args)
     cfg.backbone.device = "cpu"
