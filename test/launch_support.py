@@ -114,3 +114,26 @@ def map_then_recognise(test, map_path: Path, composed: bool) -> None:
         test.assertGreaterEqual(np.mean([(lc.match_id - 1) in gt[lc.query_stamp.sec - 500] for lc in loops]), 0.9)
     finally:
         t.close()
+
+
+def build_saved_map(tmp: Path) -> Path:
+    """The corridor map traversal (N keyframes, 1 m apart) built offline by the core's Mapper,
+    the keyframe rule the mapping node runs; saved where a localization launch will read it."""
+    from anyloc_ros.core.config import EncoderSelection
+    from anyloc_ros.core.database import PlaceDatabase
+    from anyloc_ros.core.encoder import Encoder
+    from anyloc_ros.core.geometry import Pose
+    from anyloc_ros.core.loop_closure import KeyframeGateConfig
+    from anyloc_ros.core.mapping import Mapper
+    from anyloc_ros.core.rerank import PatchCompressor
+
+    enc = Encoder.from_config(EncoderSelection(encoder_config=str(XFEAT_CFG), vocabulary=str(vocabulary()),
+                                               device="cpu").build())
+    comp = PatchCompressor(enc.backbone.feature_dim)
+    with PlaceDatabase(tmp / "map", enc.signature()) as db:
+        mapper = Mapper(db, KeyframeGateConfig())
+        mapper.new_session("corridor")
+        for i, im in enumerate(corridor()["ref"]):
+            d, f = enc.encode_with_features([im])
+            mapper.offer(d[0], (100 + i) * 1_000_000_000, "camera", Pose(float(i), 0.0, 0.0), comp(f[0]))
+    return tmp / "map"

@@ -72,7 +72,8 @@ class MappingSettings:
 class RecognitionSettings:
     descriptor_queue: int = setting(2, "descriptors waiting to be recognised; older ones are dropped (counted) so "
                                     "matches stay current", 1, 1000)
-    exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals)")
+    exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals) than "
+                                            "the one being mapped")
     publish_relocalization: bool = setting(True, "publish the best match's pose on relocalization_pose")
     relocalization_min_score: float = setting(0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0)
     relocalization_covariance: float = setting(1.0, "position variance (m^2) put on the relocalisation hint",

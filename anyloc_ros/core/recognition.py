@@ -58,8 +58,10 @@ class PlaceRecognizer:
                   exclude_current_session: bool = False) -> RecognitionResult:
         """A follower's step for one frame: take in the map's changes, then query."""
         self.sync()
+        # "current" is the session being mapped now; a saved map's last session is not current
+        exclude = exclude_current_session and self.db.session and self.db.store.writer_active()
         return self.query(descriptor, stamp_ns, pose, patches, query_id,
-                          exclude_sessions=[self.db.session] if exclude_current_session else None)
+                          exclude_sessions=[self.db.session] if exclude else None)
 
     @property
     def map_size(self) -> int:

@@ -95,8 +95,8 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
             continue
         stamp = stamp_to_ns(m.msg.header.stamp)
         pose = poses.at(stamp)
-        res = recognizer.query(desc[0], stamp, pose, patches,
-                               exclude_sessions=[db.session] if recognition.exclude_current_session else None)
+        res = recognizer.recognize(desc[0], stamp, pose, patches,
+                                   exclude_current_session=recognition.exclude_current_session)
         if mapper is not None:
             kid, _ = mapper.offer(desc[0], stamp, m.msg.header.frame_id, pose,
                                   patches if mapping.store_patches else None)
