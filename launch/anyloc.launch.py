@@ -2,6 +2,12 @@
 
     ros2 launch anyloc_ros anyloc.launch.py camera_topic:=/camera/image_raw odom_topic:=/odom \
         params_file:=/path/to/anyloc.yaml map_path:=/data/maps/lab
+    ros2 launch anyloc_ros anyloc.launch.py camera_topics:=/front/image_raw,/rear/image_raw ...
+
+Several cameras (camera_topics): one encoder per camera (namespaced cam0, cam1, ..., each
+configured by the params file's encoder_node section) publishing into the one `descriptors`
+topic; the map records each keyframe's camera (the image frame_id), keyframes are gated per
+camera, and place matches say which camera saw the query and each match.
 
 mode: full (map while recognising), mapping, localization (recognise against a saved map).
 use_composition:=true runs the nodes in one process (anyloc_pipeline): images are not
@@ -35,6 +41,7 @@ def generate_launch_description() -> LaunchDescription:
     odom = LaunchConfiguration("odom_topic")
     params = LaunchConfiguration("params_file")
     respawn = LaunchConfiguration("respawn")
+    cameras = LaunchConfiguration("camera_topics")
     overrides = {"map_path": LaunchConfiguration("map_path")}
 
     def when(modes: str, composition: str) -> IfCondition:
@@ -47,7 +54,8 @@ def generate_launch_description() -> LaunchDescription:
 
     nodes = [
         node(executable="encoder_node", name="encoder_node", parameters=[params], remappings=camera_remaps,
-             condition=when("('full', 'mapping', 'localization')", "false")),
+             condition=IfCondition(PythonExpression(["'", mode, "' in ('full', 'mapping', 'localization') and '",
+                                                     composed, "' == 'false' and '", cameras, "' == ''"]))),
         node(executable="mapping_node", name="mapping_node", parameters=[params, overrides],
              remappings=[("odom", odom)], condition=when("('full', 'mapping')", "false")),
         node(executable="recognition_node", name="recognition_node", parameters=[params, overrides],
@@ -78,6 +86,26 @@ def generate_launch_description() -> LaunchDescription:
                              remappings=camera_remaps + [("odom", odom)])
         return [composed_node, failure_handler(composed_node)]
 
+    def camera_encoders(context):
+        """One encoder per camera topic, all into the one `descriptors` topic (and one map)."""
+        topics = [t.strip() for t in cameras.perform(context).split(",") if t.strip()]
+        if not topics or composed.perform(context) == "true":
+            return []
+        user = yaml.safe_load(open(params.perform(context), encoding="utf-8")) or {}
+        encoder = {}
+        for key, section in user.items():  # the encoder_node section, for every camera's encoder
+            if str(key).rstrip("/").rsplit("/", 1)[-1] == "encoder_node" and isinstance(section, dict):
+                encoder.update(section.get("ros__parameters") or {})
+        with tempfile.NamedTemporaryFile("w", prefix="anyloc_launch_cameras_", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump({"/**/encoder_node": {"ros__parameters": encoder}}, f)
+        actions = []
+        for i, topic in enumerate(topics):
+            n = node(executable="encoder_node", name="encoder_node", namespace=f"cam{i}", parameters=[params, f.name],
+                     remappings=[("image", topic), ("image/compressed", topic + "/compressed"),
+                                 ("descriptors", "/descriptors"), ("encoder_info", "/encoder_info")])
+            actions += [n, failure_handler(n)]
+        return actions
+
     failure_handlers = [failure_handler(n) for n in nodes]
     return LaunchDescription([
         DeclareLaunchArgument("mode", default_value="full", choices=["full", "mapping", "localization"],
@@ -87,6 +115,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
                               description="sensor_msgs/Image topic (its /compressed sibling with image_transport: "
                                           "compressed)"),
+        DeclareLaunchArgument("camera_topics", default_value="",
+                              description="several cameras: comma-separated image topics, one encoder each "
+                                          "(instead of camera_topic; not with use_composition)"),
         DeclareLaunchArgument("odom_topic", default_value="/odom", description="nav_msgs/Odometry topic"),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([FindPackageShare("anyloc_ros"), "config",
@@ -98,4 +129,5 @@ def generate_launch_description() -> LaunchDescription:
         *nodes,
         *failure_handlers,
         OpaqueFunction(function=pipeline, condition=when("('full', 'mapping', 'localization')", "true")),
+        OpaqueFunction(function=camera_encoders),
     ])

@@ -15,7 +15,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
 
-from .conftest import CORRIDOR, REPO, XFEAT_ONNX, read_corridor_gt
+from .conftest import CORRIDOR, REPO, XFEAT_ONNX, read_corridor_gt  # noqa: F401 (re-exported for the launch tests)
 
 N = 30  # corridor frames per traversal
 XFEAT_CFG = REPO / "config/encoders/xfeat_vlad.yaml"

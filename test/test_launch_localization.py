@@ -8,6 +8,7 @@ from pathlib import Path
 import launch_testing
 import launch_testing.asserts
 import pytest
+
 from launch import LaunchDescription
 
 from .launch_support import N, available, build_saved_map, corridor, package_launch, recall, user_params
@@ -24,11 +25,11 @@ def generate_test_description():
 
 class TestLocalization(unittest.TestCase):
     def test_recognises_the_query_traversal_on_the_saved_map(self, map_path):
+        from anyloc_ros.msg import PlaceMatch
         from nav_msgs.msg import Odometry
         from sensor_msgs.msg import Image
 
         from anyloc_ros.core.database import PlaceDatabase
-        from anyloc_ros.msg import PlaceMatch
         from anyloc_ros.tools.ros_driver import DriverNode, publish_traversal
 
         t = DriverNode()

@@ -177,3 +177,28 @@ def test_batched_rerank_equals_pairwise_mutual_nn():
     assert {m.keyframe_id: m.rerank_score for m in out if m.keyframe_id in expected} == expected
     assert out[-1].keyframe_id == 4 and out[-1].rerank_score == -1.0
     assert [m.rerank_score for m in out[:3]] == sorted(expected.values(), reverse=True)
+
+
+def test_interleaved_cameras_keep_their_own_consistency_and_keyframe_gates(tmp_path):
+    """Front and rear camera queries alternate: each camera's streak of agreeing queries is its
+    own (a single shared streak would never confirm a loop), and at one pose both cameras add a
+    keyframe (one shared gate would add only the first)."""
+    f = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, consistency=3))
+    loops = []
+    for i in range(4):
+        for cam, base in (("front", 10), ("rear", 100)):
+            q = Query(i, (1000 + i) * S, "s2", camera=cam)
+            loops.append(f.update(q, [Match(base + i, 0.9, "s1")]))
+    confirmed = [lc for lc in loops if lc is not None]
+    assert [lc.query.camera for lc in confirmed] == ["front", "rear", "front", "rear"]
+    shared = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, consistency=3))
+    assert all(shared.update(Query(i, i * S, "s2"), [Match(10 + 90 * (i % 2), 0.9, "s1")]) is None for i in range(8))
+
+    db = PlaceDatabase(tmp_path, {"backbone": "x", "dim": 2}, durable=False)
+    mapper = Mapper(db, KeyframeGateConfig(min_distance_m=1.0))
+    d = np.array([1.0, 0.0], np.float32)
+    added = [mapper.offer(d, k * S, cam, Pose(float(k), 0, 0))[0] for k in range(3) for cam in ("front", "rear")]
+    assert all(kid is not None for kid in added) and len(db) == 6
+    assert {k.frame_id for k in db.keyframes()} == {"front", "rear"}
+    assert mapper.offer(d, 3 * S, "front", Pose(2.5, 0, 0))[0] is None  # the front gate: moved only 0.5 m
+    db.close()

@@ -161,6 +161,7 @@ class Query:
     stamp_ns: int
     session: str
     pose: Pose | None = None
+    camera: str = ""  # the image's frame_id: consistency is tracked per camera
 
 
 @dataclass
@@ -187,8 +188,9 @@ class LoopClosureFilter:
         self._session: str | None = None
         self._travelled = 0.0
         self._last_pose: Pose | None = None
-        self._prev: Match | None = None
-        self._count = 0
+        # per camera: the last accepted candidate and how many consecutive queries agreed with it
+        # (a rear camera's queries must not break the front camera's streak)
+        self._streaks: dict[str, tuple[Match, int]] = {}
 
     def reset(self) -> None:
         self.__init__(self.config)
@@ -248,10 +250,11 @@ class LoopClosureFilter:
                                  or (c.rerank and best.rerank_score is not None and best.rerank_score < c.rerank_min_matches)):
             best = None
         if best is None:
-            self._prev, self._count = None, 0
+            self._streaks.pop(query.camera, None)
             return None
-        self._count = self._count + 1 if self._prev is not None and self._consistent(best, self._prev) else 1
-        self._prev = best
-        if self._count >= c.consistency:
-            return LoopCandidate(query, best, self._count)
+        prev = self._streaks.get(query.camera)
+        count = prev[1] + 1 if prev is not None and self._consistent(best, prev[0]) else 1
+        self._streaks[query.camera] = (best, count)
+        if count >= c.consistency:
+            return LoopCandidate(query, best, count)
         return None

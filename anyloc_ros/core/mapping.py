@@ -1,5 +1,8 @@
 """Mapper: the one keyframe rule every front end uses (mapping node, offline replay, benchmarks).
 
+Several cameras map into one map: each camera (the image's frame_id) has its own keyframe
+gate, so a rear camera's frame at the same pose still becomes a keyframe.
+
     mapper = Mapper(db, KeyframeGateConfig())
     kid, reason = mapper.offer(descriptor, stamp_ns, frame_id, pose, patches, thumbnail)
 
@@ -22,20 +25,37 @@ from .loop_closure import KeyframeGate, KeyframeGateConfig
 class Mapper:
     def __init__(self, db: PlaceDatabase, gate: KeyframeGateConfig | None = None) -> None:
         self.db = db
-        self.gate = KeyframeGate(gate)
+        self.gate_config = gate or KeyframeGateConfig()
+        self.gates: dict[str, KeyframeGate] = {}
+        self.last_clock_jump = ""
+
+    def gate(self, camera: str = "") -> KeyframeGate:
+        if camera not in self.gates:
+            self.gates[camera] = KeyframeGate(self.gate_config)
+        return self.gates[camera]
+
+    @property
+    def clock_jumps(self) -> int:
+        """Clock jumps the gates re-anchored on, all cameras (the newest described in last_clock_jump)."""
+        return sum(g.clock_jumps for g in self.gates.values())
 
     def offer(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str = "", pose: Pose | None = None,
               patches: np.ndarray | None = None, thumbnail: bytes | None = None) -> tuple[int | None, str]:
         """(keyframe id, why) when the frame became a keyframe, else (None, "skipped")."""
         self.db.validate_descriptor(descriptor)  # bad input is refused, not skipped
-        reason = self.gate.check(stamp_ns, pose, descriptor)
+        gate = self.gate(frame_id)
+        jumps = gate.clock_jumps
+        reason = gate.check(stamp_ns, pose, descriptor)
+        if gate.clock_jumps != jumps:
+            self.last_clock_jump = f"{frame_id or 'camera'}: {gate.last_clock_jump}"
         if reason is None:
             return None, "skipped"
         kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches, thumbnail=thumbnail)
-        self.gate.accept(stamp_ns, pose, descriptor)
+        gate.accept(stamp_ns, pose, descriptor)
         return kid, reason
 
     def new_session(self, session_id: str | None = None) -> str:
         sid = self.db.new_session(session_id)
-        self.gate.reset()
+        for gate in self.gates.values():
+            gate.reset()
         return sid

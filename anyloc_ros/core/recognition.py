@@ -38,12 +38,12 @@ class PlaceRecognizer:
 
     def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
               patches: np.ndarray | None = None, query_id: int | None = None,
-              exclude_sessions: list[str] | None = None) -> RecognitionResult:
+              exclude_sessions: list[str] | None = None, camera: str = "") -> RecognitionResult:
         """Top-k map matches of one frame (recent keyframes excluded) and, when confirmed, a loop."""
         if query_id is None:
             query_id = self._query_seq
         self._query_seq += 1
-        q = Query(query_id, stamp_ns, self.db.session, pose)
+        q = Query(query_id, stamp_ns, self.db.session, pose, camera)
         excluded = self.filter.excluded_ids(q)
         matches = self.db.search(descriptor, self.config.top_k, exclude_ids=excluded or None,
                                  exclude_sessions=exclude_sessions)[0]
@@ -55,13 +55,13 @@ class PlaceRecognizer:
 
     def recognize(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
                   patches: np.ndarray | None = None, query_id: int | None = None,
-                  exclude_current_session: bool = False) -> RecognitionResult:
+                  exclude_current_session: bool = False, camera: str = "") -> RecognitionResult:
         """A follower's step for one frame: take in the map's changes, then query."""
         self.sync()
         # "current" is the session being mapped now; a saved map's last session is not current
         exclude = exclude_current_session and self.db.session and self.db.store.writer_active()
         return self.query(descriptor, stamp_ns, pose, patches, query_id,
-                          exclude_sessions=[self.db.session] if exclude else None)
+                          exclude_sessions=[self.db.session] if exclude else None, camera=camera)
 
     @property
     def map_size(self) -> int:

@@ -177,10 +177,9 @@ class MappingNode(Node):
         return kid
 
     def _report_clock_jumps(self) -> None:
-        gate = self.mapper.gate
-        if gate.clock_jumps != self.stats.counts.get("clock_jumps", 0):
-            self.stats.counts["clock_jumps"] = gate.clock_jumps
-            self.get_logger().warn(gate.last_clock_jump)
+        if self.mapper.clock_jumps != self.stats.counts.get("clock_jumps", 0):
+            self.stats.counts["clock_jumps"] = self.mapper.clock_jumps
+            self.get_logger().warn(self.mapper.last_clock_jump)
 
     def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
         from builtin_interfaces.msg import Time
@@ -189,7 +188,8 @@ class MappingNode(Node):
         from ..msg import Keyframe
         from .conversions import ns_to_stamp, pose_to_msg
 
-        msg = Keyframe(id=int(kid), session=self.db.session, pose=pose_to_msg(pose, PoseMsg), pose_valid=pose is not None)
+        msg = Keyframe(id=int(kid), session=self.db.session, camera=frame.frame_id, pose=pose_to_msg(pose, PoseMsg),
+                       pose_valid=pose is not None)
         msg.header.stamp = ns_to_stamp(frame.stamp_ns, Time)
         msg.header.frame_id = self.map_settings.map_frame
         self.keyframe_pub.publish(msg)

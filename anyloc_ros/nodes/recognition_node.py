@@ -66,7 +66,7 @@ class RecognitionNode(Node):
         self.image_pub = self.create_publisher(Image, "match_image", 2) if st.publish_debug_image else None
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
             self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, queue_qos(st.descriptor_queue))
-        self._last_seq: int | None = None
+        self._last_seq: dict[str, int] = {}
         self.diagnostics = Diagnostics(self, "recognition", self.stats)
         if not self._try_open():
             self.get_logger().info(f"waiting for a map at {self.map_path}")
@@ -103,9 +103,10 @@ class RecognitionNode(Node):
             self.handle_frame(frame, msg.header)
 
     def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> RecognitionResult | None:
-        if self._last_seq is not None and frame.seq > self._last_seq + 1:
-            self.stats.inc("frames_dropped", frame.seq - self._last_seq - 1)  # overwritten in the bounded queue
-        self._last_seq = frame.seq
+        last = self._last_seq.get(frame.frame_id)  # each camera's encoder numbers its own frames
+        if last is not None and frame.seq > last + 1:
+            self.stats.inc("frames_dropped", frame.seq - last - 1)  # overwritten in the bounded queue
+        self._last_seq[frame.frame_id] = frame.seq
         if self.recognizer is None and not self._try_open():
             self.stats.inc("frames_without_map")
             return None
@@ -114,7 +115,8 @@ class RecognitionNode(Node):
         pose = self.poses.at(frame.stamp_ns)
         try:
             result = rec.recognize(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
-                                   exclude_current_session=self.settings.exclude_current_session)
+                                   exclude_current_session=self.settings.exclude_current_session,
+                                   camera=frame.frame_id)
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
             log_error(self, f"query refused: {exc}")
@@ -147,13 +149,14 @@ class RecognitionNode(Node):
         from ..msg import LoopClosure, PlaceMatch
 
         h = self._header(frame)
-        m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq))
+        m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq), query_camera=frame.frame_id)
         m.keyframe_ids = [int(x.keyframe_id) for x in result.matches]
         m.scores = [float(x.rerank_score if x.rerank_score is not None else x.score) for x in result.matches]
         m.session_ids = [x.session for x in result.matches]
         m.keyframe_stamps = [ns_to_stamp(x.stamp_ns, Time) for x in result.matches]
         m.poses = [pose_to_msg(x.pose, PoseMsg) for x in result.matches]
         m.pose_valid = [x.pose is not None for x in result.matches]
+        m.keyframe_cameras = [x.frame_id for x in result.matches]
         m.encode_latency_ms = float(frame.encode_ms)
         self.match_pub.publish(m)
         best = result.matches[0] if result.matches else None
@@ -165,6 +168,7 @@ class RecognitionNode(Node):
             msg = LoopClosure(header=h, query_id=int(q.id), query_stamp=h.stamp, query_session=q.session,
                               match_id=int(lc.match.keyframe_id), match_stamp=ns_to_stamp(lc.match.stamp_ns, Time),
                               match_session=lc.match.session, score=float(lc.match.score),
+                              query_camera=frame.frame_id, match_camera=lc.match.frame_id,
                               consistent_matches=int(lc.consistent))
             msg.query_pose_valid = q.pose is not None
             msg.query_pose = pose_to_msg(q.pose, PoseMsg)
