@@ -1,8 +1,11 @@
 """ROS messages <-> numpy, with validation that turns bad input into a clear `ImageError`.
 
-Colour conversion reuses rosbags-image's encoding tables (rgb8, bgr8, rgba8, bgra8, mono8,
-mono16, rgb16, bayer_*, yuv422, generic 8UC3 ...); row padding (`step`), sizes and
-endianness are checked here first, since a malformed message must never crash a node.
+Colour conversion is rosbags-image's (cv_bridge's encodings; `to_cvtype`, `convert_color`):
+on every encoding it converts, an unpadded valid message gives the identical image as its
+`message_to_cvimage` (test/test_conversions.py). Kept here only what it lacks, each shown by
+that test: row padding (`step`; rosbags-image shears padded rows), data size and pixel-limit
+checks, refusing signed encodings, generic nC3/16-bit images, and a clear ImageError instead of
+its bare `assert` on a corrupt CompressedImage (a malformed message must never crash a node).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The robot pose input of a node: Odometry or PoseStamped into an interpolating PoseBuffer.
 
-message_filters' Cache would also keep recent poses, but it returns the nearest message before
-or after a stamp; the keyframe pose must be interpolated between the two that bracket the image
-stamp (odometry at 50-100 Hz vs a moving camera), and refused beyond `pose.max_extrapolation_s`,
-which core/pose_buffer.py does.
+Why not message_filters' Cache: it returns the message before (or after) a stamp, where the
+keyframe pose should be interpolated between the two that bracket the image stamp, and it scans
+its whole list per lookup. Measured on TUM fr2/desk with odometry at 30 Hz (bench/pose_lookup.py,
+bench/RESULTS.md): the interpolating PoseBuffer is 0.25 mm / 0.10 deg off the truth on average
+and takes 18 us per lookup; Cache.getElemBeforeTime 3.6 mm / 0.42 deg and 7.4 ms.
 """
 
 from __future__ import annotations
