@@ -1,5 +1,7 @@
 """VLAD and GeM against independent, definition-level references."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -109,16 +111,40 @@ def test_vlad_dimension_mismatch_is_a_clear_error():
         VLAD(np.full((4, 8), np.nan, np.float32))
 
 
+def _gem_anyloc_reference(patches: np.ndarray) -> np.ndarray:
+    """AnyLoc's GeM (p = 3) from its definition, written independently: every patch divided by
+    its Euclidean length, the cubes of each dimension averaged over patches, then the real
+    (signed) cube root (np.cbrt)."""
+    n, d = patches.shape
+    out = np.zeros(d)
+    for j in range(d):
+        total = 0.0
+        for i in range(n):
+            length = math.sqrt(sum(float(v) * float(v) for v in patches[i]))
+            total += (float(patches[i, j]) / length) ** 3
+        out[j] = np.cbrt(total / n)
+    return out
+
+
+def test_gem_anyloc_variant_matches_its_definition():
+    x = np.random.default_rng(5).normal(size=(40, 12)).astype(np.float32)  # negatives included
+    ref = _gem_anyloc_reference(x)
+    assert (ref < 0).any()  # the signed root matters
+    np.testing.assert_allclose(GeM(3.0, normalize=False).aggregate(x), ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(GeM(3.0).aggregate(x), ref / np.linalg.norm(ref), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("p", [1.0, 3.0, 7.5])
-def test_gem_matches_numpy(p):
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(200, 48)).astype(np.float32)
-    ref = np.mean(np.clip(x.astype(np.float64), 1e-6, None) ** p, axis=0) ** (1 / p)
-    np.testing.assert_allclose(GeM(p, normalize=False).aggregate(x), ref, rtol=1e-4)
-    np.testing.assert_allclose(GeM(p).aggregate(x), ref / np.linalg.norm(ref), rtol=1e-4)
+def test_gem_positive_variant_matches_its_definition(p):
+    """Radenovic et al.'s GeM on non-negative (ReLU) features: (1/N sum_i x_i^p)^(1/p) per dimension."""
+    x = np.abs(np.random.default_rng(5).normal(size=(60, 10))) + 0.01
+    ref = np.array([(sum(v ** p for v in x[:, j]) / len(x)) ** (1 / p) for j in range(x.shape[1])])
+    got = GeM(p, normalize=False, mode="positive").aggregate(x.astype(np.float32))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert (GeM(p, normalize=False, mode="positive").aggregate(-x.astype(np.float32)) > 0).all()  # negatives dropped
 
 
 def test_gem_limits_average_and_max():
     x = np.abs(np.random.default_rng(6).normal(size=(50, 8))).astype(np.float32) + 0.1
-    np.testing.assert_allclose(GeM(1.0, normalize=False).aggregate(x), x.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(GeM(200.0, normalize=False).aggregate(x), x.max(0), rtol=0.03)
+    np.testing.assert_allclose(GeM(1.0, normalize=False, mode="positive").aggregate(x), x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(GeM(200.0, normalize=False, mode="positive").aggregate(x), x.max(0), rtol=0.03)

@@ -149,29 +149,48 @@ class VLAD:
 
 
 class GeM:
-    """Generalised-mean pooling: (mean_i max(x_i, eps)^p)^(1/p) per dimension.
+    """Generalised-mean pooling per feature dimension, in two named variants:
+
+    * "anyloc" (AnyLoc's code, the default): each patch feature is L2-normalised, x^p is
+      averaged over the patches and the signed p-th root taken, sign(m) |m|^(1/p); negative
+      feature values take part.
+    * "positive" (the classic GeM of Radenovic et al. on ReLU features): values are clamped at
+      `eps` (negatives dropped), no per-patch normalisation, (mean max(x, eps)^p)^(1/p).
 
     p = 1 is average pooling, p -> inf approaches max pooling; AnyLoc uses p = 3. The result is
     L2-normalised unless `normalize=False`.
     """
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, normalize: bool = True) -> None:
+    MODES = ("anyloc", "positive")
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, normalize: bool = True, mode: str = "anyloc") -> None:
         if p <= 0:
             raise ValueError(f"GeM p must be > 0, got {p}")
+        if mode not in self.MODES:
+            raise ValueError(f"GeM mode must be one of {self.MODES}, got {mode!r}")
         self.p = float(p)
         self.eps = float(eps)
         self.normalize = normalize
+        self.mode = mode
         self.feature_dim: int | None = None  # any dimension is accepted
 
     def aggregate_batch_tensor(self, features: ArrayLike) -> torch.Tensor:
         x = _as_tensor(features)
         if x.ndim != 3 or x.shape[1] == 0:
             raise FeatureDimensionError(f"expected non-empty (B, N, D) features, got shape {tuple(x.shape)}")
-        x = x.clamp(min=self.eps)
-        # Factor out the per-dimension maximum so x^p cannot overflow float32 for large p.
-        peak = x.amax(dim=1, keepdim=True)
-        pooled = (x / peak).pow(self.p).mean(dim=1).pow(1.0 / self.p) * peak.squeeze(1)
+        if self.mode == "anyloc":
+            m = F.normalize(x, dim=-1).pow(self.p).mean(dim=1)  # unit patches: |x| <= 1, no overflow
+            pooled = m.sign() * m.abs().pow(1.0 / self.p)
+        else:
+            x = x.clamp(min=self.eps)
+            # Factor out the per-dimension maximum so x^p cannot overflow float32 for large p.
+            peak = x.amax(dim=1, keepdim=True)
+            pooled = (x / peak).pow(self.p).mean(dim=1).pow(1.0 / self.p) * peak.squeeze(1)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def name(self) -> str:
+        """As recorded in encoder signatures ("gem-p3" stays the positive variant's, as before)."""
+        return f"gem-p{self.p:g}" if self.mode == "positive" else f"gem-{self.mode}-p{self.p:g}"
 
     def aggregate_batch(self, features: ArrayLike) -> np.ndarray:
         return _to_numpy(self.aggregate_batch_tensor(features))

@@ -108,11 +108,14 @@ class AggregationConfig:
     intra_norm: bool = True
     num_clusters: int = 32  # used when building a vocabulary
     p: float = 3.0
+    gem_mode: str = "anyloc"  # anyloc (AnyLoc's code) | positive (classic GeM); see aggregation.GeM
 
     def validate(self) -> None:
         check_types(self, "aggregation")
         if self.type not in ("vlad", "gem"):
             raise ConfigError(f"aggregation.type must be 'vlad' or 'gem', got {self.type!r}")
+        if self.gem_mode not in ("anyloc", "positive"):
+            raise ConfigError(f"aggregation.gem_mode must be 'anyloc' or 'positive', got {self.gem_mode!r}")
         if self.mode not in ("hard", "soft"):
             raise ConfigError(f"aggregation.mode must be 'hard' or 'soft', got {self.mode!r}")
         if self.soft_temperature <= 0 or self.p <= 0 or self.num_clusters < 1:

@@ -110,7 +110,7 @@ class Encoder:
             vocab = Vocabulary.load(agg.vocabulary)
             aggregator: VLAD | GeM = VLAD(vocab.centers, agg.mode, agg.soft_temperature, agg.intra_norm)
         else:
-            aggregator = GeM(agg.p)
+            aggregator = GeM(agg.p, mode=agg.gem_mode)
         pca = PCA.load(config.projection.pca) if config.projection.pca else None
         return cls(backbone, aggregator, pca, vocab, config, config.batch_size)
 
@@ -130,7 +130,7 @@ class Encoder:
                 sig["aggregation"] += f"-t{self.aggregator.soft_temperature:g}"
             sig["vocabulary"] = self.vocabulary.content_hash() if self.vocabulary else digest(self.aggregator.centers)
         else:
-            sig["aggregation"] = f"gem-p{self.aggregator.p:g}"
+            sig["aggregation"] = self.aggregator.name()
             sig["vocabulary"] = None
         return sig
 
