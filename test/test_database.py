@@ -219,3 +219,32 @@ def test_follower_sees_the_writers_keyframes_and_never_writes(tmp_path):
     follower.close()
     assert (tmp_path / PlaceDatabase.INDEX_FILE).stat().st_mtime_ns == mtime
     writer.close()
+
+
+def test_map_refuses_descriptors_made_at_another_resolution(tmp_path, tiny_dinov2_dir):
+    """The encoder signature records the preprocessing: the same model at another image size gives
+    other descriptors, and a map built with one refuses the other. A map recorded before
+    preprocessing was part of the signature is not refused for it."""
+    from anyloc_ros.core.encoder import Encoder
+
+    def encoder(max_side):
+        return Encoder.from_config({"backbone": {"type": "dinov2", "model": str(tiny_dinov2_dir), "layer": 2,
+                                                 "max_side": max_side, "device": "cpu"},
+                                    "aggregation": {"type": "gem"}})
+
+    small, large = encoder(56), encoder(112)
+    assert small.signature()["preprocess"] == "aspect-max56-p14" and small.signature()["precision"] == "float32"
+    PlaceDatabase(tmp_path / "a", small.signature()).close()
+    with pytest.raises(MapError, match="preprocess: map 'aspect-max56-p14' vs encoder 'aspect-max112-p14'"):
+        PlaceDatabase(tmp_path / "a", large.signature())
+    old = {k: v for k, v in small.signature().items() if k not in ("preprocess", "precision")}
+    PlaceDatabase(tmp_path / "b", old).close()
+    PlaceDatabase(tmp_path / "b", large.signature()).close()  # an old record: nothing to compare
+
+
+@pytest.fixture
+def tiny_dinov2_dir(tmp_path):
+    from .test_backbones import save_tiny_dinov2
+
+    save_tiny_dinov2(tmp_path / "model")
+    return tmp_path / "model"

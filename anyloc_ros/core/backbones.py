@@ -74,6 +74,17 @@ class DenseBackbone(Protocol):
     def signature(self) -> dict[str, Any]:
         """What a vocabulary or map built on these features must match."""
 
+    def preprocessing(self) -> str:
+        """How images are sized for the network (part of the encoder signature: the same image
+        at another resolution gives other descriptors)."""
+
+
+def preprocessing_name(image_size: Sequence[int] | None, max_side: int, patch_size: int) -> str:
+    """"fixed-HxW", or "aspect-maxM-pP" (aspect kept, long side capped at M, sides rounded to P)."""
+    if image_size is not None:
+        return f"fixed-{image_size[0]}x{image_size[1]}"
+    return f"aspect-max{max_side}-p{patch_size}"
+
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; an unavailable CUDA request falls back to CPU."""
@@ -233,6 +244,9 @@ class Dinov2Backbone:
         if self.image_size is not None:
             return self.image_size  # type: ignore[return-value]
         return patch_aligned_size(height, width, self.patch_size, self.max_side)
+
+    def preprocessing(self) -> str:
+        return preprocessing_name(self.image_size, self.max_side, self.patch_size)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Validated, resized, ImageNet-normalised (B, 3, h, w) float32 CPU tensor."""

@@ -119,6 +119,9 @@ class Encoder:
         sig = EncoderSignature(self.pca_binding())
         sig["pca"] = digest(self.pca.components) if self.pca is not None else None
         sig["dim"] = self.dim
+        sig["preprocess"] = self.backbone.preprocessing()
+        dtype = getattr(self.backbone, "dtype", None)  # recorded, not enforced (see EncoderSignature)
+        sig["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "onnx"
         return sig
 
     def pca_binding(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import Dinov2Backbone
+from .backbones import Dinov2Backbone, preprocessing_name
 from .errors import ConfigError, FeatureDimensionError, WeightsNotFoundError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, patch_aligned_size, to_normalized_tensor
 
@@ -158,6 +158,9 @@ class OnnxBackbone:
 
     def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.forward(self.preprocess(images))
+
+    def preprocessing(self) -> str:
+        return preprocessing_name(self.input_size, self.max_side, self.patch_size)
 
     def signature(self) -> dict[str, Any]:
         if self._exported_signature:

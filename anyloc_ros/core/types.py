@@ -27,7 +27,12 @@ class EncoderSignature(dict):
     hashes, dim, ...), as a JSON-able dict. Descriptors are comparable when `KEYS` agree; `id`
     names the whole signature on topics and in map records."""
 
-    KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim")
+    KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim", "preprocess")
+    # Recorded since the map format gained them: a map with no value for one (made before, or by
+    # a caller that does not know it) is not refused for it. `precision` is recorded but never enforced: fp16/bf16 and fp32
+    # descriptors of one encoder agree to cosine >= 0.9999, and a map built on a GPU robot must
+    # serve a CPU one.
+    LATER_KEYS = ("preprocess",)
 
     @property
     def id(self) -> str:
@@ -40,7 +45,7 @@ class EncoderSignature(dict):
     def diff(self, other: dict[str, Any], mine: str = "map", theirs: str = "encoder") -> list[str]:
         """The fields that make descriptors of `other` incomparable with these, described."""
         return [f"{k}: {mine} {self.get(k)!r} vs {theirs} {other.get(k)!r}" for k in self.KEYS
-                if self.get(k) != other.get(k)]
+                if self.get(k) != other.get(k) and not (k in self.LATER_KEYS and self.get(k) is None)]
 
     @classmethod
     def checked(cls, sig: Any, what: str, hint: str = "") -> EncoderSignature:
