@@ -68,14 +68,19 @@ def test_corrupt_or_foreign_vocabulary_files(tmp_path):
 def test_anyloc_c_centers_pt_is_accepted_without_pickle(tmp_path):
     c = torch.randn(32, 1536)
     torch.save(c, tmp_path / "c_centers.pt")
-    v = Vocabulary.load(tmp_path / "c_centers.pt")
+    with pytest.raises(VocabularyError, match="declare them.*vocabulary_layer"):
+        Vocabulary.load(tmp_path / "c_centers.pt")  # which features it clusters is not in the file
+    v = Vocabulary.load(tmp_path / "c_centers.pt", layer=31, facet="value")
     assert v.centers.shape == (32, 1536)
     np.testing.assert_array_equal(v.centers, c.numpy())
     v.check_compatible({"backbone": "dinov2", "layer": 31, "facet": "value", "feature_dim": 1536})
+    for other in ({"layer": 30, "facet": "value"}, {"layer": 31, "facet": "key"}):  # 1536-D too, other features
+        with pytest.raises(VocabularyError, match="built for other features"):
+            v.check_compatible({"backbone": "dinov2", **other, "feature_dim": 1536})
     # a pickled arbitrary object is refused by weights_only loading
     torch.save({"c_centers": c, "evil": object()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
     with pytest.raises(VocabularyError, match="cannot read AnyLoc vocabulary"):
-        Vocabulary.load(tmp_path / "evil.pt")
+        Vocabulary.load(tmp_path / "evil.pt", layer=31, facet="value")
 
 
 @pytest.mark.parametrize("n,d", [(50, 300), (400, 20)])

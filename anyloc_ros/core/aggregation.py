@@ -46,7 +46,11 @@ class VLAD:
             cosine similarity to the centres; residuals are taken to the centres as given.
         mode: "hard" (AnyLoc's choice, best in the paper) or "soft" (NetVLAD-style: block k
             sums softmax(cos / T)_ik · (x̂_i − c_k) over descriptors i).
-        soft_temperature: softmax temperature T of soft assignment.
+        soft_temperature: softmax temperature T of soft assignment (weights softmax(cos / T):
+            smaller T is closer to hard assignment). This follows NetVLAD (Arandjelovic et al.),
+            where each block holds its own cluster's weighted residuals. AnyLoc's code differs
+            on purpose not followed here: its soft mode adds every cluster's weighted residuals
+            into each block, and its T multiplies the similarities (an inverse temperature).
         intra_norm: L2-normalise each cluster block before the final normalisation.
     """
 

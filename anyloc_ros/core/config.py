@@ -109,6 +109,9 @@ class AggregationConfig:
     num_clusters: int = 32  # used when building a vocabulary
     p: float = 3.0
     gem_mode: str = "anyloc"  # anyloc (AnyLoc's code) | positive (classic GeM); see aggregation.GeM
+    # the features a vocabulary file that does not record them clusters (AnyLoc's c_centers.pt)
+    vocabulary_layer: int | None = None
+    vocabulary_facet: str | None = None
 
     def validate(self) -> None:
         check_types(self, "aggregation")

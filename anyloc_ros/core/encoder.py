@@ -107,7 +107,7 @@ class Encoder:
         if agg.type == "vlad":
             if not agg.vocabulary:
                 raise ConfigError("aggregation.vocabulary is required for VLAD; build one with `anyloc build-vocab`")
-            vocab = Vocabulary.load(agg.vocabulary)
+            vocab = Vocabulary.load(agg.vocabulary, agg.vocabulary_layer, agg.vocabulary_facet)
             aggregator: VLAD | GeM = VLAD(vocab.centers, agg.mode, agg.soft_temperature, agg.intra_norm)
         else:
             aggregator = GeM(agg.p, mode=agg.gem_mode)

@@ -82,13 +82,14 @@ class Vocabulary:
         return save_npz(path, meta, centers=self.centers)
 
     @classmethod
-    def load(cls, path: str | Path) -> Vocabulary:
-        """Load a vocabulary (.npz from `save`, or AnyLoc's `c_centers.pt`)."""
+    def load(cls, path: str | Path, layer: int | None = None, facet: str | None = None) -> Vocabulary:
+        """Load a vocabulary (.npz from `save`, or AnyLoc's `c_centers.pt`). A c_centers.pt does
+        not record which features it clusters, so its `layer` and `facet` must be declared."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise VocabularyError(f"vocabulary file not found: {path}")
         if path.suffix in (".pt", ".pth"):
-            return cls._load_anyloc(path)
+            return cls._load_anyloc(path, layer, facet)
         try:
             meta, arrays = load_npz(path)
         except Exception as exc:
@@ -107,8 +108,14 @@ class Vocabulary:
             raise VocabularyError(f"vocabulary file {path}: {exc}") from exc
 
     @classmethod
-    def _load_anyloc(cls, path: Path) -> Vocabulary:
+    def _load_anyloc(cls, path: Path, layer: int | None, facet: str | None) -> Vocabulary:
         import torch
+
+        if layer is None or facet is None:
+            raise VocabularyError(
+                f"{path}: an AnyLoc c_centers.pt does not record which features it clusters; declare them "
+                "in the encoder config (aggregation.vocabulary_layer, aggregation.vocabulary_facet; AnyLoc's "
+                "released ones are ViT-G/14 layer 31, value)")
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,12 +125,10 @@ class Vocabulary:
             obj = obj.get("c_centers", obj.get("centers"))
         if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
             raise VocabularyError(f"{path} does not hold a (K, D) tensor of cluster centres")
-        log.info(
-            "loaded AnyLoc vocabulary %s (%d x %d); AnyLoc's released vocabularies are for DINOv2 "
-            "ViT-G/14 layer 31 value features",
-            path, obj.shape[0], obj.shape[1],
-        )
-        meta = {"source": f"anyloc:{path.name}", "note": "AnyLoc c_centers.pt; only the dimension is checked"}
+        log.info("loaded AnyLoc vocabulary %s (%d x %d), declared for layer %s, facet %s",
+                 path, obj.shape[0], obj.shape[1], layer, facet)
+        meta = {"source": f"anyloc:{path.name}", "layer": layer, "facet": facet,
+                "note": "AnyLoc c_centers.pt; layer and facet as declared in the encoder config"}
         return cls(obj.float().numpy(), meta)
 
 
