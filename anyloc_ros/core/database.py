@@ -89,7 +89,8 @@ class PlaceDatabase:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MapError(f"cannot create the map directory {self.path}: {exc.strerror}") from exc
-        record = {k: signature.get(k) for k in EncoderSignature.KEYS} | signature if creating and signature else None
+        # recorded as given: its id must stay the id the encoder publishes with its descriptors
+        record = dict(signature) if creating and signature else None
         self._store = store = MapStore(self.path, writer=not self.follower, durable=self.durable,
                                        create_meta={"encoder": record} if creating else None)
         stored = store.meta("encoder")
