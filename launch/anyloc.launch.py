@@ -44,8 +44,15 @@ def generate_launch_description() -> LaunchDescription:
     cameras = LaunchConfiguration("camera_topics")
     overrides = {"map_path": LaunchConfiguration("map_path")}
 
-    def when(modes: str, composition: str) -> IfCondition:
-        return IfCondition(PythonExpression(["'", mode, "' in ", modes, " and '", composed, "' == '", composition, "'"]))
+    def when(modes: str, composition: str, *also: object) -> IfCondition:
+        return IfCondition(PythonExpression(["'", mode, "' in ", modes, " and '", composed, "' == '", composition, "'",
+                                             *also]))
+
+    def params_file_after_the_users(sections: dict) -> str:
+        """Parameters for named nodes (`/**/name`) in a file passed after the user's params file."""
+        with tempfile.NamedTemporaryFile("w", prefix="anyloc_launch_", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, f)
+        return f.name
 
     camera_remaps = [("image", camera), ("image/compressed", [camera, "/compressed"])]
 
@@ -54,8 +61,7 @@ def generate_launch_description() -> LaunchDescription:
 
     nodes = [
         node(executable="encoder_node", name="encoder_node", parameters=[params], remappings=camera_remaps,
-             condition=IfCondition(PythonExpression(["'", mode, "' in ('full', 'mapping', 'localization') and '",
-                                                     composed, "' == 'false' and '", cameras, "' == ''"]))),
+             condition=when("('full', 'mapping', 'localization')", "false", " and '", cameras, "' == ''")),
         node(executable="mapping_node", name="mapping_node", parameters=[params, overrides],
              remappings=[("odom", odom)], condition=when("('full', 'mapping')", "false")),
         node(executable="recognition_node", name="recognition_node", parameters=[params, overrides],
@@ -80,9 +86,7 @@ def generate_launch_description() -> LaunchDescription:
         map_path = LaunchConfiguration("map_path").perform(context)
         sections = {"/**/anyloc_pipeline": {"mode": mode.perform(context)},
                     **{f"/**/{n}": {"map_path": map_path} for n in ("mapping_node", "recognition_node")}}
-        with tempfile.NamedTemporaryFile("w", prefix="anyloc_launch_arguments_", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, f)
-        composed_node = node(executable="anyloc_pipeline", parameters=[params, f.name],
+        composed_node = node(executable="anyloc_pipeline", parameters=[params, params_file_after_the_users(sections)],
                              remappings=camera_remaps + [("odom", odom)])
         return [composed_node, failure_handler(composed_node)]
 
@@ -96,11 +100,10 @@ def generate_launch_description() -> LaunchDescription:
         for key, section in user.items():  # the encoder_node section, for every camera's encoder
             if str(key).rstrip("/").rsplit("/", 1)[-1] == "encoder_node" and isinstance(section, dict):
                 encoder.update(section.get("ros__parameters") or {})
-        with tempfile.NamedTemporaryFile("w", prefix="anyloc_launch_cameras_", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump({"/**/encoder_node": {"ros__parameters": encoder}}, f)
+        encoder_params = params_file_after_the_users({"/**/encoder_node": encoder})
         actions = []
         for i, topic in enumerate(topics):
-            n = node(executable="encoder_node", name="encoder_node", namespace=f"cam{i}", parameters=[params, f.name],
+            n = node(executable="encoder_node", name="encoder_node", namespace=f"cam{i}", parameters=[params, encoder_params],
                      remappings=[("image", topic), ("image/compressed", topic + "/compressed"),
                                  ("descriptors", "/descriptors"), ("encoder_info", "/encoder_info")])
             actions += [n, failure_handler(n)]

@@ -1,5 +1,6 @@
 """PlaceDatabase: persistence, crash safety, compatibility, multi-session search, index types."""
 
+import json
 import os
 import random
 import signal
@@ -251,3 +252,24 @@ def tiny_dinov2_dir(tmp_path):
 
     save_tiny_dinov2(tmp_path / "model")
     return tmp_path / "model"
+
+
+def test_index_is_written_every_save_every_keyframes(tmp_path):
+    """The periodic save counts keyframes added since the index files were last written."""
+    x = unit(12)
+    db = PlaceDatabase(tmp_path, SIG, index=IndexConfig(save_every=5), durable=False)
+    meta = tmp_path / PlaceDatabase.INDEX_META
+
+    def saved_ntotal():
+        return json.loads(meta.read_text())["ntotal"] if meta.exists() else 0
+
+    db.add_many(x[:4], list(range(4)))
+    assert saved_ntotal() == 0
+    db.add_many(x[4:5], [4])
+    assert saved_ntotal() == 5
+    db.add_many(x[5:9], list(range(5, 9)))
+    assert saved_ntotal() == 5  # 4 since the last write
+    db.save_index()
+    db.add_many(x[9:12], list(range(9, 12)))
+    assert saved_ntotal() == 9  # an explicit save restarts the count
+    db.close()

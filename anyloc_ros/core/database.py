@@ -63,7 +63,6 @@ class PlaceDatabase:
         self.index_config.validate()
         self.durable = durable
         self._lock = threading.RLock()
-        self._adds_since_save = 0
         self._store: MapStore | None = None
         try:
             self._open(encoder_signature, create, session)
@@ -214,10 +213,7 @@ class PlaceDatabase:
             self._next_id += n
             self._index.add(descs, np.array(ids, dtype=np.int64), self.store)
             self._last_id = max([self._last_id, *ids])
-            self._adds_since_save += n
-            if self.index_config.save_every and self._adds_since_save >= self.index_config.save_every:
-                self._index.save_quietly()
-                self._adds_since_save = 0
+            self._index.save_if_due()
         return ids
 
     # ---------------------------------------------------------------- index (map_index.MapIndex keeps it in step)
@@ -227,12 +223,10 @@ class PlaceDatabase:
             self._index.rebuild(self.store)
 
     def save_index(self) -> None:
-        """Write index.faiss + index.json atomically (writer only; MapError when it cannot)."""
-        if self.follower:
-            return  # only the writer owns the index files
+        """Write index.faiss + index.json atomically (writer only: a follower's index is never
+        written; MapError when it cannot)."""
         with self._lock:
             self._index.save()
-            self._adds_since_save = 0
 
     # ---------------------------------------------------------------- queries
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ different encoders are never mixed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,15 @@ class Encoder:
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         """Descriptors plus each image's (h, w, D) patch features (for re-ranking / caching)."""
         return self._run(images, batch_size, keep_features=True)
+
+    def encode_frame(self, rgb: np.ndarray, compress: Callable[[torch.Tensor], np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One camera frame -> (descriptor, compact patches): the patch features pass through
+        `compress` (a rerank.PatchCompressor) when given, else no patches are made."""
+        if compress is None:
+            return self.encode([rgb])[0], None
+        desc, feats = self.encode_with_features([rgb])
+        return desc[0], compress(feats[0])
 
     def _run(self, images: Any, batch_size: int | None, keep_features: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:

@@ -140,6 +140,7 @@ class MapIndex:
                  writable: bool = True) -> None:
         self.directory, self.dim, self.config, self.map_id = directory, dim, config, map_id
         self.writable = writable  # followers keep an index in memory and never write the files
+        self._unsaved = 0  # keyframes added since the index files were last written
         self.index: Any = None
         self.trained = False
         self._gpu: Any = None
@@ -222,6 +223,12 @@ class MapIndex:
             self.rebuild(store)  # enough keyframes to train: rebuild as IVF, includes these
             return
         self.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
+        self._unsaved += len(ids)
+
+    def save_if_due(self) -> None:
+        """Write the index once `save_every` keyframes were added since it was last written."""
+        if self.config.save_every and self._unsaved >= self.config.save_every:
+            self.save_quietly()
 
     def add_from_store(self, ids: np.ndarray, store: Any, train: bool = True) -> None:
         ids, descs = self._finite_rows(ids, store.descriptors(ids, self.dim))
@@ -333,6 +340,7 @@ class MapIndex:
                     "sha256": h.hexdigest(), "map_id": self.map_id}
             with atomic_file(self.directory / self.META, "w") as f:
                 f.write(json.dumps(meta))
+            self._unsaved = 0
         except OSError as exc:
             raise MapError(f"cannot save the search index of map {self.directory}: {describe_os_error(exc)} "
                            "(the keyframes are safe in map.sqlite; the index is rebuilt from it)") from exc

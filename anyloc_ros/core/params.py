@@ -19,6 +19,7 @@ from .config import EncoderSelection
 from .errors import ConfigError
 from .loop_closure import KeyframeGateConfig, LoopClosureConfig
 from .map_index import IndexConfig
+from .rerank import PatchCompressor
 from .settings import ParamSpec, build, setting, specs_of
 
 T = TypeVar("T")
@@ -54,6 +55,10 @@ class EncoderNodeSettings:
     thumbnail_size: int = setting(160, "longer side of the thumbnail in pixels", 16, 2048)
     max_image_pixels: int = setting(50_000_000, "larger images are refused (checked from the header, before "
                                     "decoding: decompression bombs)", 1, 1_000_000_000)
+
+    def patch_compressor(self, feature_dim: int) -> PatchCompressor | None:
+        """The compressor of the patches the encoder publishes (None when it publishes none)."""
+        return PatchCompressor(feature_dim, self.patch_dim, self.patch_grid) if self.publish_patches else None
 
 
 @dataclass
@@ -109,29 +114,41 @@ def all_names() -> set[str]:
     return {s.name for node in NODE_PARAMETERS for s in node_specs(node)}
 
 
+def check_values(node: str, values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Every parameter of `node`: its default, or the given value as declared (ints become
+    floats where floats are declared); and the problems, one line each (unknown names, types,
+    ranges, choices)."""
+    specs = {s.name: s for s in node_specs(node)}
+    out = {name: s.default for name, s in specs.items()}
+    errors = []
+    for name, value in values.items():
+        if name not in specs:
+            errors.append(f"{name}: not a parameter of {node}")
+            continue
+        out[name], why = specs[name].check(value)
+        if why:
+            errors.append(why)
+    return out, errors
+
+
 class NodeParameters:
     """One node's parameter values (by ROS name) and the settings dataclasses built from them."""
 
     def __init__(self, node: str, values: dict[str, Any] | None = None) -> None:
-        self.node = node
-        self.groups = NODE_PARAMETERS[node] if node in NODE_PARAMETERS else ()
-        self.specs = {s.name: s for s in node_specs(node)}
-        self.values = {name: s.default for name, s in self.specs.items()}
-        errors = []
-        for name, value in (values or {}).items():
-            if name not in self.specs:
-                errors.append(f"{name}: not a parameter of {node}")
-                continue
-            self.values[name], why = self.specs[name].check(value)
-            if why:
-                errors.append(why)
+        self.values, errors = check_values(node, values or {})
         if errors:
             raise ConfigError(f"invalid parameters for {node}: " + "; ".join(errors))
+        self.node = node
+        self.groups = NODE_PARAMETERS[node]
+        self._built: dict[type, Any] = {}
 
     def get(self, cls: type[T]) -> T:
-        if cls not in NODE_PARAMETERS[self.node]:
+        """The settings object of group `cls` (built and validated once)."""
+        if cls not in self.groups:
             raise ConfigError(f"{self.node} has no {cls.__name__} parameters")
-        return build(cls, self.values)
+        if cls not in self._built:
+            self._built[cls] = build(cls, self.values)
+        return self._built[cls]
 
     @classmethod
     def from_file(cls, path: str | Path | None, node: str, overrides: dict[str, Any] | None = None
@@ -188,13 +205,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def markdown_table() -> str:
     """The README's parameter table: every node's parameters, defaults and ranges."""
     rows = ["| node | parameter | default | range | description |", "|---|---|---|---|---|"]
-    seen: dict[str, str] = {}
+    names = {node: {s.name for s in node_specs(node)} for node in NODE_PARAMETERS}
+    seen: set[str] = set()
     for node in NODE_PARAMETERS:
         for s in node_specs(node):
             if s.name in seen:  # a shared group: listed once, under every node that reads it
                 continue
-            readers = ", ".join(n for n in NODE_PARAMETERS if any(x.name == s.name for x in node_specs(n)))
-            seen[s.name] = readers
+            seen.add(s.name)
+            readers = ", ".join(n for n in NODE_PARAMETERS if s.name in names[n])
             default = "`\"\"`" if s.default == "" else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
             rows.append(f"| {readers} | `{s.name}` | {default} | {s.range_text} | {s.description} |")
     return "\n".join(rows)

@@ -21,8 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -34,8 +32,7 @@ class ParamSpec:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
-    owner: type | None = None  # the dataclass the value goes into
-    field: str = ""  # ... and its field
+    field: str = ""  # the settings dataclass field the value goes into
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """(value as declared, None) or (value, why it is refused). Ints are accepted for floats."""
@@ -78,23 +75,15 @@ def specs_of(cls: type) -> list[ParamSpec]:
         if meta is None:
             continue  # a plain field: set in code, not a parameter
         out.append(ParamSpec(meta["name"] or prefix + f.name, f.default, meta["description"], meta["min"],
-                             meta["max"], meta["choices"], cls, f.name))
+                             meta["max"], meta["choices"], f.name))
     return out
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:
-    """An instance of `cls` from parameter values by ROS name (missing ones keep their default),
-    each checked against its spec; all problems are raised together as one ConfigError."""
-    kwargs, errors = {}, []
-    for spec in specs_of(cls):
-        if spec.name in values:
-            value, why = spec.check(values[spec.name])
-            if why:
-                errors.append(why)
-            kwargs[spec.field] = value
-    if errors:
-        raise ConfigError("; ".join(errors))
-    obj = cls(**kwargs)
+    """An instance of `cls` from parameter values by ROS name, already checked against their
+    specs (core.params.NodeParameters does); missing ones keep their default. The dataclass's
+    own `validate()` (rules across fields) runs on the result."""
+    obj = cls(**{spec.field: values[spec.name] for spec in specs_of(cls) if spec.name in values})
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate()

@@ -68,6 +68,11 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
         raise ImageError(f"cannot convert {enc!r} image to RGB: {exc}") from exc
 
 
+def message_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image or CompressedImage (rclpy or rosbags message) -> HxWx3 uint8 RGB."""
+    return compressed_msg_to_rgb(msg) if hasattr(msg, "format") else image_msg_to_rgb(msg)
+
+
 def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png, ...) -> HxWx3 uint8 RGB."""
     return decode_image_bytes(bytes(msg.data), what=f"compressed image ({msg.format or 'unknown format'})")

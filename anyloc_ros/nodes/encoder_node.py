@@ -23,7 +23,7 @@ from ..core.encoder import Encoder
 from ..core.errors import AnyLocError
 from ..core.params import EncoderNodeSettings
 from ..core.types import DescriptorFrame
-from .conversions import compressed_msg_to_rgb, encode_jpeg, image_msg_to_rgb, stamp_to_ns
+from .conversions import encode_jpeg, message_to_rgb, stamp_to_ns
 from .descriptor_msg import frame_to_msg
 from .diagnostics import Diagnostics, RateStats, log_error
 from .parameters import declare
@@ -47,11 +47,7 @@ class EncoderNode(Node):
         self.encoder = Encoder.from_config(params.get(EncoderSelection).build())
         self.signature = self.encoder.signature()
         self.encoder_id = self.signature.id
-        self.compressor = None
-        if st.publish_patches:
-            from ..core.rerank import PatchCompressor
-
-            self.compressor = PatchCompressor(self.encoder.backbone.feature_dim, st.patch_dim, st.patch_grid)
+        self.compressor = st.patch_compressor(self.encoder.backbone.feature_dim)
         self.on_frame = on_frame
         self.stats = RateStats()
         self.stats.values["encoder_id"] = self.encoder_id
@@ -109,15 +105,11 @@ class EncoderNode(Node):
 
     def encode_message(self, msg: Any, received: float | None = None) -> DescriptorFrame:
         t0 = time.perf_counter()
-        rgb = compressed_msg_to_rgb(msg) if hasattr(msg, "format") else image_msg_to_rgb(msg)
-        if self.compressor is not None:
-            desc, feats = self.encoder.encode_with_features([rgb])
-            patches = self.compressor(feats[0])
-        else:
-            desc, patches = self.encoder.encode([rgb]), None
+        rgb = message_to_rgb(msg)
+        desc, patches = self.encoder.encode_frame(rgb, self.compressor)
         thumb = encode_jpeg(rgb, self.settings.thumbnail_size) if self.settings.publish_thumbnails else None
         ms = (time.perf_counter() - t0) * 1e3
-        frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, desc[0],
+        frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, desc,
                                 self.encoder_id, patches, thumb, ms)
         self._seq += 1
         self.stats.inc("frames_encoded")

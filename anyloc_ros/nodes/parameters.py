@@ -11,7 +11,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 from ..core.errors import AnyLocError, ConfigError
-from ..core.params import NodeParameters, node_specs
+from ..core.params import NodeParameters, check_values, node_specs
 from ..core.settings import ParamSpec
 
 
@@ -35,23 +35,21 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
 def declare(node: Node, kind: str) -> NodeParameters:
     """Declare and read the parameters of a node of `kind` (a key of core.params.NODE_PARAMETERS;
     the runtime name may differ); raise ParameterError listing every invalid one."""
-    values, errors = {}, []
+    raw, errors = {}, []
     for spec in node_specs(kind):
         try:
-            value = node.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            raw[spec.name] = node.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
         except Exception as exc:  # rclpy raises InvalidParameterValueException / type errors
             errors.append(f"{spec.name}: {exc}")
-            continue
-        values[spec.name], why = spec.check(value)
-        if why:
-            errors.append(why)
-    try:
-        params = NodeParameters(kind, values) if not errors else None
-        if params is not None:  # cross-field rules of each group (its validate())
-            for cls in params.groups:
+    values, problems = check_values(kind, raw)
+    errors += problems
+    if not errors:
+        params = NodeParameters(kind, values)
+        for cls in params.groups:  # the rules across fields of each group (its validate())
+            try:
                 params.get(cls)
-    except ConfigError as exc:
-        errors.append(str(exc))
+            except ConfigError as exc:
+                errors.append(str(exc))
     if errors:
         raise ParameterError(f"invalid parameters for node '{node.get_name()}':\n  " + "\n  ".join(errors))
     return params

@@ -57,8 +57,7 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     from ..core.mapping import Mapper
     from ..core.params import EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
     from ..core.recognition import PlaceRecognizer
-    from ..core.rerank import PatchCompressor
-    from ..nodes.conversions import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
+    from ..nodes.conversions import message_to_rgb, stamp_to_ns
 
     enc_p = NodeParameters.from_file(params_file, "encoder_node")
     map_p = NodeParameters.from_file(params_file, "mapping_node")
@@ -77,28 +76,22 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         if mapping.new_session_on_start or mapping.session:
             mapper.new_session(mapping.session or None)
     recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig))
-    compressor = PatchCompressor(encoder.backbone.feature_dim, enc_settings.patch_dim, enc_settings.patch_grid) \
-        if enc_settings.publish_patches else None
+    compressor = enc_settings.patch_compressor(encoder.backbone.feature_dim)
     for m in messages:
         if m.msgtype not in IMAGE_TYPES:
             continue
         t0 = time.perf_counter()
         try:  # a bad frame is skipped and counted, as the encoder node does
-            rgb = compressed_msg_to_rgb(m.msg) if m.msgtype == IMAGE_TYPES[1] else image_msg_to_rgb(m.msg)
-            if compressor is not None:
-                desc, feats = encoder.encode_with_features([rgb])
-                patches = compressor(feats[0])
-            else:
-                desc, patches = encoder.encode([rgb]), None
+            desc, patches = encoder.encode_frame(message_to_rgb(m.msg), compressor)
         except AnyLocError as exc:
             result.skip("images", exc)
             continue
         stamp = stamp_to_ns(m.msg.header.stamp)
         pose = poses.at(stamp)
-        res = recognizer.recognize(desc[0], stamp, pose, patches,
+        res = recognizer.recognize(desc, stamp, pose, patches,
                                    exclude_current_session=recognition.exclude_current_session)
         if mapper is not None:
-            kid, _ = mapper.offer(desc[0], stamp, m.msg.header.frame_id, pose,
+            kid, _ = mapper.offer(desc, stamp, m.msg.header.frame_id, pose,
                                   patches if mapping.store_patches else None)
             if kid is not None:
                 recognizer.observe_keyframe(kid, stamp, pose)
@@ -195,10 +188,9 @@ def write_replay_params(args: Any, out: Path) -> Path:
     """One params file for both modes: the user's (or the defaults), with the CLI's encoder
     selection for the encoder node and the settings replay needs (every frame queued, reliable,
     odometry as the pose source). The DDS nodes read it; the offline path builds the same objects."""
-    import yaml
-
     from ..core.params import read_params_file
     from .encoder_args import encoder_selection
+    from .ros_driver import write_params
 
     user = read_params_file(args.params_file) if args.params_file else {}
     sel = encoder_selection(args)
@@ -212,9 +204,7 @@ def write_replay_params(args: Any, out: Path) -> Path:
     sections = {"/**": {"pose_source": "odom", **user.get("/**", {})},
                 "encoder_node": {**user.get("encoder_node", {}), **enc},
                 "mapping_node": user.get("mapping_node", {}), "recognition_node": user.get("recognition_node", {})}
-    path = out / "replay_params.yaml"
-    path.write_text(yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, sort_keys=False))
-    return path
+    return write_params(out / "replay_params.yaml", sections)
 
 
 def _cmd_replay(args: Any) -> int:
