@@ -66,6 +66,15 @@ def cmd_build_vocab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_encode_folder_args(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that encode a folder of images (`_encode_folder`)."""
+    add_encoder_args(p)
+    p.add_argument("--images", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool = False
                    ) -> tuple[np.ndarray, list[Path], Any]:
     """Descriptors of a folder's images; with skip_bad, unreadable images are left out and reported."""
@@ -160,21 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_vocab)
 
     p = sub.add_parser("encode", help="encode a folder of images into global descriptors (.npz)")
-    add_encoder_args(p)
-    p.add_argument("--images", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
-    p.add_argument("--quiet", action="store_true")
+    _add_encode_folder_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("fit-pca", help="fit a PCA projection of the encoder's descriptors")
-    add_encoder_args(p)
-    p.add_argument("--images", required=True)
+    _add_encode_folder_args(p)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--whiten", action="store_true")
-    p.add_argument("--output", required=True)
-    p.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable images instead of stopping")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit_pca)
 
     p = sub.add_parser("export-onnx", help="export the configured DINOv2 layer/facet extractor to ONNX")
