@@ -89,14 +89,14 @@ def main() -> None:
             torch.manual_seed(0)
             Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **kw)).save_pretrained(path)
             for side in (224, 448):
-                bb = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), device="cpu",
+                bb = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), resize="fixed", device="cpu",
                                     precision="float32")
                 tokens = 1 + (side // 14) ** 2
                 flops = vit_gflops(kw["hidden_size"], kw["intermediate_size"], tokens, 9)
                 measure(f"DINOv2 {name} L9 value", encoder_for(bb, kw["hidden_size"]), jpeg, rows, flops, peak32)
                 px = bb.preprocess([decode_image_bytes(jpeg)])
                 t32 = timeit(lambda bb=bb, px=px: bb.forward(px), repeat=8)
-                bb16 = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), device="cpu",
+                bb16 = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), resize="fixed", device="cpu",
                                       precision="bfloat16")
                 t16 = timeit(lambda bb16=bb16, px=px: bb16.forward(px), repeat=8)
                 d32, d16 = bb.forward(px), bb16.forward(px)

@@ -98,7 +98,7 @@ def test_registers_are_dropped(tmp_path):
 
 
 def test_batch_and_layer_defaults(tiny_dir):
-    bb = Dinov2Backbone(str(tiny_dir), layer=-1, facet="value", image_size=(28, 42), device="cpu")
+    bb = Dinov2Backbone(str(tiny_dir), layer=-1, facet="value", image_size=(28, 42), resize="fixed", device="cpu")
     assert bb.layer == 3 and len(bb.extractor.blocks) == 4
     imgs = [_image(50, 60, s) for s in range(3)]
     batch = bb.extract(imgs)

@@ -142,6 +142,9 @@ BAD_YAML = {
     "bad_yaml": "backbone: {max_side: [",
     "unknown_key": "backbone: {colour: red}",
     "top_level_number": "42",
+    "resize_unknown": "backbone: {resize: stretch}",
+    "resize_fixed_without_size": "backbone: {resize: fixed}",
+    "image_size_with_aspect": "backbone: {resize: aspect, image_size: [224, 224]}",
 }
 
 

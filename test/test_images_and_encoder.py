@@ -129,16 +129,62 @@ def test_config_validation():
     assert cfg.aggregation.type == "vlad" and cfg.aggregation.mode == "hard"
 
 
-@pytest.mark.parametrize("src,size", [((48, 64), (48, 64)), ((30, 20), (56, 42)), ((200, 300), (28, 42))])
+@pytest.mark.parametrize("src,size", [((48, 64), (48, 64)), ((30, 20), (56, 42)), ((196, 294), (28, 42))])
 def test_normalisation_matches_its_definition(src, size):
-    import cv2
+    """References written from the definitions, not with OpenCV: same size = no resampling;
+    upsampling = bilinear with half-pixel centres (torch); an integer downscale by 7 = the mean
+    of each 7x7 block (area interpolation). OpenCV works on uint8, so one intensity step of
+    rounding is allowed."""
+    import torch
+    import torch.nn.functional as F
 
     from anyloc_ros.core.images import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
 
     img = np.random.default_rng(0).integers(0, 256, (*src, 3), dtype=np.uint8)
     out = to_normalized_tensor([img, img[::-1].copy()], size).numpy()
     assert out.shape == (2, 3, *size) and out.dtype == np.float32
-    interp = cv2.INTER_AREA if src[0] * src[1] > size[0] * size[1] else cv2.INTER_LINEAR
-    r = cv2.resize(img, size[::-1], interpolation=interp) if src != size else img
+    x = img.astype(np.float64)
+    if src == size:
+        r, tol = x, 1e-5
+    elif size[0] > src[0]:
+        t = torch.from_numpy(x).permute(2, 0, 1)[None]
+        r = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+        tol = 1.01 / 255 / min(IMAGENET_STD)
+    else:
+        f = src[0] // size[0]
+        r = x.reshape(size[0], f, size[1], f, 3).mean(axis=(1, 3))
+        tol = 1.01 / 255 / min(IMAGENET_STD)
     ref = ((r / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).transpose(2, 0, 1)
-    np.testing.assert_allclose(out[0], ref, atol=1e-5)
+    np.testing.assert_allclose(out[0], ref, atol=tol)
+
+
+@pytest.mark.parametrize("mode,size,image,expected", [
+    ("aspect", None, (120, 160), (126, 154)),  # 8.6 -> 9 and 11.4 -> 11 patches: no upsampling
+    ("aspect", None, (480, 640), (336, 448)),  # long side capped at 448, 0.7 x 480 = 336
+    ("aspect", None, (1000, 200), (448, 84)),  # 0.448 x 200 = 89.6 -> 6 patches
+    ("anyloc", None, (120, 160), (476, 630)),  # AnyLoc: 480x640 cropped to 34x45 patches
+    ("anyloc", None, (1080, 1920), (476, 630)),
+    ("anyloc", (320, 320), (480, 640), (308, 308)),
+    ("fixed", (224, 224), (480, 640), (224, 224)),
+])
+def test_resize_policy_input_sizes(mode, size, image, expected):
+    from anyloc_ros.core.images import ResizePolicy
+
+    policy = ResizePolicy(mode, 448, size, 14)
+    assert policy.input_size(*image) == expected
+    img = np.zeros((*image, 3), np.uint8)
+    assert tuple(policy([img]).shape[2:]) == expected
+
+
+@pytest.mark.parametrize("mode,size,match", [
+    ("aspect", (224, 224), "used only by resize 'fixed' or 'anyloc'"),
+    ("fixed", None, "needs an image size"),
+    ("fixed", (225, 224), "multiples of the patch size"),
+    ("anyloc", (10, 640), "at least one patch"),
+    ("stretch", None, "resize mode must be one of"),
+])
+def test_resize_policy_refuses_what_it_cannot_do(mode, size, match):
+    from anyloc_ros.core.images import ResizePolicy
+
+    with pytest.raises(ConfigError, match=match):
+        ResizePolicy(mode, 448, size, 14)

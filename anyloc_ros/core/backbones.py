@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightsNotFoundError
-from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, patch_aligned_size, to_normalized_tensor
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,6 @@ class DenseBackbone(Protocol):
     def preprocessing(self) -> str:
         """How images are sized for the network (part of the encoder signature: the same image
         at another resolution gives other descriptors)."""
-
-
-def preprocessing_name(image_size: Sequence[int] | None, max_side: int, patch_size: int) -> str:
-    """"fixed-HxW", or "aspect-maxM-pP" (aspect kept, long side capped at M, sides rounded to P)."""
-    if image_size is not None:
-        return f"fixed-{image_size[0]}x{image_size[1]}"
-    return f"aspect-max{max_side}-p{patch_size}"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -189,8 +182,11 @@ class Dinov2Backbone:
             `save_pretrained`; a size key of `DINOV2_SIZES` ("vitg14", ...) picks the hub id.
         layer: zero-based block index (negative counts from the end); None = size default.
         facet: "query", "key", "value" or "token".
-        max_side: longer image side after resizing (aspect kept, sides multiples of 14).
-        image_size: fixed (h, w) input size instead of `max_side` (multiples of 14).
+        resize: how images are sized: "aspect" (long side capped at `max_side`), "fixed"
+            (`image_size`) or "anyloc" (AnyLoc's resize to `image_size`, default 480x640, and
+            crop to whole patches); see `images.ResizePolicy`.
+        max_side: longer image side for resize "aspect".
+        image_size: (h, w) for resize "fixed" or "anyloc".
         device: "auto", "cpu", "cuda" or "cuda:N".
         precision: "auto" (fp16 on CUDA, fp32 on CPU), "float32", "float16", "bfloat16".
         registers: with a size key, use the with-registers checkpoint.
@@ -208,6 +204,7 @@ class Dinov2Backbone:
         device: str = "auto",
         precision: str = "auto",
         registers: bool = False,
+        resize: str = "aspect",
     ) -> None:
         if facet not in FACETS:
             raise ConfigError(f"facet must be one of {FACETS}, got {facet!r}")
@@ -227,31 +224,21 @@ class Dinov2Backbone:
         self.feature_dim = int(net.config.hidden_size)
         self.num_layers = num_layers
         self.architecture = f"{net.config.model_type}-d{self.feature_dim}-l{num_layers}-p{self.patch_size}"
-        if image_size is not None:
-            ih, iw = image_size
-            if ih % self.patch_size or iw % self.patch_size:
-                raise ConfigError(f"image_size {image_size} must be multiples of the patch size {self.patch_size}")
-        if max_side < self.patch_size:
-            raise ConfigError(f"max_side {max_side} is smaller than the patch size {self.patch_size}")
-        self.max_side = int(max_side)
-        self.image_size = tuple(image_size) if image_size is not None else None
+        self.resize = ResizePolicy(resize, int(max_side), tuple(image_size) if image_size else None, self.patch_size)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
         self.extractor = Dinov2FacetExtractor(net, self.layer, facet).to(self.device, self.dtype).eval()
         del net  # blocks after `layer` and the final norm are never needed
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.image_size is not None:
-            return self.image_size  # type: ignore[return-value]
-        return patch_aligned_size(height, width, self.patch_size, self.max_side)
+        return self.resize.input_size(height, width)
 
     def preprocessing(self) -> str:
-        return preprocessing_name(self.image_size, self.max_side, self.patch_size)
+        return self.resize.name
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Validated, resized, ImageNet-normalised (B, 3, h, w) float32 CPU tensor."""
-        rgb = [as_rgb_uint8(im) for im in images]
-        return to_normalized_tensor(rgb, self.target_size(*rgb[0].shape[:2]), IMAGENET_MEAN, IMAGENET_STD)
+        return self.resize([as_rgb_uint8(im) for im in images], IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -37,14 +37,14 @@ def build_backbone(cfg: EncoderConfig) -> DenseBackbone:
         return Dinov2Backbone(
             model=b.model, layer=b.layer, facet=b.facet, max_side=b.max_side,
             image_size=tuple(b.image_size) if b.image_size else None,
-            device=b.device, precision=b.precision, registers=b.registers,
+            device=b.device, precision=b.precision, registers=b.registers, resize=b.resize,
         )
     return OnnxBackbone(
         b.model_path, input_name=b.input_name, output_name=b.output_name,
         input_size=tuple(b.image_size) if b.image_size else None,
         mean=b.mean if b.mean is not None else IMAGENET_MEAN,
         std=b.std if b.std is not None else IMAGENET_STD,
-        output_layout=b.output_layout, device=b.device, max_side=b.max_side, threads=b.threads,
+        output_layout=b.output_layout, device=b.device, max_side=b.max_side, threads=b.threads, resize=b.resize,
     )
 
 

@@ -8,13 +8,14 @@ anything that cannot be converted is refused with an `ImageError` naming the pro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,13 +133,83 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def patch_aligned_size(height: int, width: int, patch_size: int, max_side: int) -> tuple[int, int]:
-    """Target (height, width): aspect kept, longer side at most `max_side`, sides multiples of
-    `patch_size` (rounded to the nearest multiple, at least one patch)."""
-    scale = min(1.0, max_side / max(height, width))
-    h = max(patch_size, int(round(height * scale / patch_size)) * patch_size)
-    w = max(patch_size, int(round(width * scale / patch_size)) * patch_size)
-    return h, w
+RESIZE_MODES = ("aspect", "fixed", "anyloc")
+ANYLOC_SIZE = (480, 640)  # AnyLoc's `hard_resize` (h, w), before the crop to whole patches
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How an image of any size becomes a network input (part of the encoder signature: the same
+    image at another resolution gives other descriptors).
+
+    * "aspect": keep the aspect ratio, cap the longer side at `max_side` (never upsample), round
+      each side to the nearest multiple of `patch_size` (a stretch of at most half a patch).
+      Fewer patches for small or wide images: the light option for CPUs.
+    * "fixed": resize to `size` (h, w), multiples of `patch_size`.
+    * "anyloc": AnyLoc's pipeline: resize to `size` (default 480x640; bilinear without
+      antialiasing, as torchvision 0.14's tensor resize) and centre-crop each side down to a
+      multiple of `patch_size` (476x630: 1,530 patches at patch size 14).
+    """
+
+    mode: str = "aspect"
+    max_side: int = 448
+    size: tuple[int, int] | None = None
+    patch_size: int = 14
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ConfigError(f"resize mode must be one of {RESIZE_MODES}, got {self.mode!r}")
+        if self.mode == "anyloc" and self.size is None:
+            object.__setattr__(self, "size", ANYLOC_SIZE)
+        p = self.patch_size
+        if self.mode == "aspect":
+            if self.size is not None:
+                raise ConfigError("an image size is used only by resize 'fixed' or 'anyloc'; with 'aspect' "
+                                  "the long side is capped at max_side")
+            if self.max_side < p:
+                raise ConfigError(f"max_side {self.max_side} is smaller than the patch size {p}")
+            return
+        if self.size is None or len(self.size) != 2 or min(self.size) < p:
+            raise ConfigError(f"resize {self.mode!r} needs an image size [height, width] of at least one patch "
+                              f"({p} px), got {self.size}")
+        object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        if self.mode == "fixed" and (self.size[0] % p or self.size[1] % p):
+            raise ConfigError(f"image size {list(self.size)} must be multiples of the patch size {p} for resize "
+                              "'fixed' (resize 'anyloc' crops to whole patches instead)")
+
+    @property
+    def name(self) -> str:
+        """"aspect-max448-p14", "fixed-224x224" or "anyloc-480x640-p14"."""
+        if self.mode == "aspect":
+            return f"aspect-max{self.max_side}-p{self.patch_size}"
+        h, w = self.size  # type: ignore[misc]
+        return f"fixed-{h}x{w}" if self.mode == "fixed" else f"anyloc-{h}x{w}-p{self.patch_size}"
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The network input (h, w) for an image of the given size."""
+        p = self.patch_size
+        if self.mode == "aspect":
+            scale = min(1.0, self.max_side / max(height, width))
+            return (max(p, int(round(height * scale / p)) * p), max(p, int(round(width * scale / p)) * p))
+        h, w = self.size  # type: ignore[misc]
+        return (h // p * p, w // p * p)
+
+    def __call__(self, images: Sequence[np.ndarray], mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+        """uint8 RGB images -> normalised float32 (B, 3, h, w), (x / 255 - mean) / std per channel.
+        A batch takes the input size of its first image."""
+        h, w = self.input_size(*images[0].shape[:2])
+        if self.mode != "anyloc":
+            return to_normalized_tensor(images, (h, w), mean, std)
+        rh, rw = self.size  # type: ignore[misc]
+        top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))  # torchvision's CenterCrop
+        # AnyLoc resizes the normalised float image; the affine normalisation commutes with
+        # bilinear interpolation, so resizing float pixels first gives the same values.
+        crops = [np.ascontiguousarray(
+            (img if img.shape[:2] == (rh, rw) else cv2.resize(img.astype(np.float32), (rw, rh),
+                                                               interpolation=cv2.INTER_LINEAR)
+             )[top:top + h, left:left + w].astype(np.float32)) for img in images]
+        return to_normalized_tensor(crops, (h, w), mean, std)
 
 
 def to_normalized_tensor(
@@ -147,8 +218,8 @@ def to_normalized_tensor(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """Resize uint8 RGB images to `size` (h, w) and return a normalised float32 (B, 3, h, w) tensor,
-    (x / 255 - mean) / std per channel."""
+    """Resize RGB images (uint8, or float32 in 0-255) to `size` (h, w) and return a normalised
+    float32 (B, 3, h, w) tensor, (x / 255 - mean) / std per channel."""
     h, w = size
     resized = []
     for img in images:

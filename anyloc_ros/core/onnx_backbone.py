@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import Dinov2Backbone, preprocessing_name
+from .backbones import Dinov2Backbone
 from .errors import ConfigError, FeatureDimensionError, WeightsNotFoundError
-from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8, patch_aligned_size, to_normalized_tensor
+from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, as_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ class OnnxBackbone:
     Args:
         model_path: the .onnx file.
         input_name / output_name: tensor names (default: the first input / output).
-        input_size: (h, w) when the model's input is dynamic; ignored when it is fixed.
+        resize / input_size / max_side / patch_size: how images are sized for a dynamic input
+            (see `images.ResizePolicy`); a fixed input size in the graph is used as it is.
         mean / std: per-channel normalisation of RGB values in [0, 1].
         output_layout: "nchw" (B, D, h, w) or "nhwc" (B, h, w, D).
         device: "auto" / "cuda" use the TensorRT and CUDA providers when installed.
-        max_side / patch_size: for dynamic inputs without `input_size`.
     """
 
     kind = "onnx"
@@ -59,6 +59,7 @@ class OnnxBackbone:
         max_side: int = 448,
         patch_size: int = 14,
         threads: int = 0,
+        resize: str = "aspect",
     ) -> None:
         import onnxruntime as ort
 
@@ -98,11 +99,12 @@ class OnnxBackbone:
         fixed = all(isinstance(s, int) for s in in_shape[2:4])
         self.fixed_size = (int(in_shape[2]), int(in_shape[3])) if fixed else None
         self.fixed_batch = in_shape[0] if isinstance(in_shape[0], int) else None
-        self.input_size = self.fixed_size or (tuple(input_size) if input_size else None)
+        # a size fixed in the graph is the input, whatever the configured policy
+        self.resize = (ResizePolicy("fixed", size=self.fixed_size, patch_size=1) if self.fixed_size else
+                       ResizePolicy(resize, int(max_side), tuple(input_size) if input_size else None, int(patch_size)))
         self.output_layout = output_layout
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.max_side = int(max_side)
         self.patch_size = int(patch_size)
         self.model_path = path
         ch = out_shape[1] if output_layout == "nchw" else out_shape[-1]
@@ -129,13 +131,10 @@ class OnnxBackbone:
             self._exported_signature = sig
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.input_size is not None:
-            return self.input_size  # type: ignore[return-value]
-        return patch_aligned_size(height, width, self.patch_size, self.max_side)
+        return self.resize.input_size(height, width)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        rgb = [as_rgb_uint8(im) for im in images]
-        return to_normalized_tensor(rgb, self.target_size(*rgb[0].shape[:2]), self.mean, self.std)
+        return self.resize([as_rgb_uint8(im) for im in images], self.mean, self.std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.numpy()
@@ -160,7 +159,7 @@ class OnnxBackbone:
         return self.forward(self.preprocess(images))
 
     def preprocessing(self) -> str:
-        return preprocessing_name(self.input_size, self.max_side, self.patch_size)
+        return self.resize.name
 
     def signature(self) -> dict[str, Any]:
         if self._exported_signature:

@@ -165,7 +165,12 @@ class PatchReservoir:
 
 
 def spherical_kmeans(samples: np.ndarray, num_clusters: int, niter: int = 50, seed: int = 0) -> np.ndarray:
-    """faiss spherical k-means (unit-norm centres, cosine assignment) on L2-normalised samples."""
+    """Cosine k-means of L2-normalised samples, centres as AnyLoc keeps them.
+
+    faiss's spherical k-means finds the clusters; each centre returned is the mean of the unit
+    vectors assigned to it (norm below 1), as AnyLoc's cosine k-means (fast_pytorch_kmeans)
+    stores them in c_centers.pt, so VLAD residuals are taken to the same points. An empty
+    cluster keeps its unit centre."""
     import faiss
 
     x = np.ascontiguousarray(samples, dtype=np.float32)
@@ -175,7 +180,12 @@ def spherical_kmeans(samples: np.ndarray, num_clusters: int, niter: int = 50, se
     km = faiss.Kmeans(x.shape[1], num_clusters, niter=niter, spherical=True, seed=seed, verbose=False,
                       max_points_per_centroid=max(256, len(x) // num_clusters + 1))
     km.train(x)
-    return km.centroids.copy()
+    unit = km.centroids
+    labels = (x @ unit.T).argmax(axis=1)
+    sums = np.zeros_like(unit)
+    np.add.at(sums, labels, x)
+    counts = np.bincount(labels, minlength=num_clusters)[:, None]
+    return np.where(counts > 0, sums / np.maximum(counts, 1), unit).astype(np.float32)
 
 
 def fit_vocabulary(
@@ -205,7 +215,7 @@ def fit_vocabulary(
         "images": images,
         "samples": int(len(reservoir.samples)),
         "samples_per_image": samples_per_image,
-        "kmeans": f"faiss spherical k-means, niter={niter}, seed={seed}",
+        "kmeans": f"faiss spherical k-means, niter={niter}, seed={seed}; centres = means of assigned unit vectors",
     }
     return centers, info
 
@@ -249,8 +259,5 @@ def build_vocabulary(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         source_images=str(Path(image_paths[0]).parent) if image_paths else "",
     )
-    if getattr(backbone, "input_size", None) or getattr(backbone, "image_size", None):
-        meta["image_size"] = list(getattr(backbone, "input_size", None) or backbone.image_size)
-    elif hasattr(backbone, "max_side"):
-        meta["max_side"] = backbone.max_side
+    meta["preprocess"] = backbone.preprocessing()  # recorded for the user; a vocabulary transfers across sizes
     return Vocabulary(centers, meta)

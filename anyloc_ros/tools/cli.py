@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-pca", help="fit a PCA projection of the encoder's descriptors")
     _add_encode_folder_args(p)
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--whiten", action="store_true")
+    p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
+                   help="scale each component to unit variance, as AnyLoc does (default); --no-whiten keeps the "
+                        "variances (better when fitted on few images: see README, Encoders)")
     p.set_defaults(func=cmd_fit_pca)
 
     p = sub.add_parser("export-onnx", help="export the configured DINOv2 layer/facet extractor to ONNX")
