@@ -1,5 +1,6 @@
-"""Child process for the crash tests: adds keyframes to a map forever, acknowledging each id
-on stdout only after `add` returned. The parent kills it with SIGKILL at a random point."""
+"""Child process for the crash tests: adds keyframes to a map forever. Before each add it
+announces the descriptor index it is about to add ("+ i"), after `add` returned it acknowledges
+the keyframe id ("kid i"). The parent kills it with SIGKILL at a random point."""
 
 import sys
 
@@ -21,6 +22,7 @@ def main() -> None:
                                                                                  ivf_min_train=100, nlist=8))
     i = start
     while True:
+        print(f"+ {i}", flush=True)
         kid = db.add(descriptor(i, dim), stamp_ns=i * 1_000_000, frame_id="cam", pose=Pose(i, 0, 0), patches=None)
         print(f"{kid} {i}", flush=True)
         i += 1

@@ -127,10 +127,34 @@ def test_vg_format_positives_within_radius(tmp_path):
 
 
 @pytest.mark.realdata
-def test_tum_sequence_positives_from_trajectory():
+def test_tum_sequence_positives_from_trajectory(tmp_path):
+    """Even frames are the map, odd frames the queries; positives (within 5 cm and 5 degrees of
+    viewing direction) are recomputed here from the ground-truth lines nearest each frame's
+    stamp, with the relative rotation angle 2*acos(|<q1, q2>|)."""
     require(TUM_DESK)
-    ds = load_tum_dataset(TUM_DESK / "rgb", TUM_DESK / "groundtruth.txt", TUM_DESK / "rgb", TUM_DESK / "groundtruth.txt",
+    frames = sorted((TUM_DESK / "rgb").glob("*.png"))
+    for name, part in (("db", frames[0::2]), ("q", frames[1::2])):
+        (tmp_path / name).mkdir()
+        for f in part:
+            (tmp_path / name / f.name).symlink_to(f)
+    ds = load_tum_dataset(tmp_path / "db", TUM_DESK / "groundtruth.txt", tmp_path / "q", TUM_DESK / "groundtruth.txt",
                           radius=0.05, max_angle_deg=5)
-    assert len(ds.queries) == 20
-    assert all(i in p for i, p in enumerate(ds.positives))  # every frame is its own positive
-    assert any(len(p) < 20 for p in ds.positives)  # and the radius is not everything
+    assert len(ds.database) == 10 and len(ds.queries) == 10
+
+    gt = np.loadtxt(TUM_DESK / "groundtruth.txt", comments="#")
+
+    def pose(f):
+        return gt[np.argmin(np.abs(gt[:, 0] - float(f.stem))), 1:]
+
+    want = []
+    for qf in frames[1::2]:
+        qp = pose(qf)
+        hits = set()
+        for j, df in enumerate(frames[0::2]):
+            dp = pose(df)
+            angle = 2 * np.degrees(np.arccos(min(1.0, abs(float(np.dot(qp[3:], dp[3:]))))))
+            if np.linalg.norm(qp[:3] - dp[:3]) <= 0.05 and angle <= 5:
+                hits.add(j)
+        want.append(hits)
+    assert ds.positives == want
+    assert any(want) and not all(len(w) == 10 for w in want)  # some neighbours, not everything

@@ -33,15 +33,19 @@ def test_xfeat_vlad_recall_on_corridor(xfeat_encoder, corridor_features, corrido
     print(f"corridor XFeat+VLAD32: R@1={r1:.3f} R@5={r5:.3f}")
     assert r1 >= 0.80
     assert r5 >= 0.95
-    # VLAD is doing the work: GeM on the same features is far worse on this set
+    # VLAD is doing the work: GeM on the same (deterministic) features is far worse on this set.
+    # Measured 2026-11-23: AnyLoc's GeM 0.171, classic positive GeM 0.324 (README, Encoders);
+    # the bands allow for other onnxruntime builds, not for a change of definition.
     from anyloc_ros.core.aggregation import GeM
 
-    for mode in GeM.MODES:
+    measured = {"anyloc": (0.12, 0.22), "positive": (0.27, 0.38)}
+    assert set(measured) == set(GeM.MODES)
+    for mode, (low, high) in measured.items():
         gem = GeM(mode=mode)
         g = recall_at(gem.aggregate_batch(corridor_features["query"].reshape(111, -1, 64))
                       @ gem.aggregate_batch(corridor_features["ref"].reshape(111, -1, 64)).T, corridor_gt, 1)
         print(f"corridor XFeat+GeM ({mode}): R@1={g:.3f}")
-        assert g < r1
+        assert low <= g <= high
 
 
 def test_encode_from_images_equals_cached_feature_path(xfeat_encoder, corridor_images, corridor_features):

@@ -162,6 +162,9 @@ class MapStore:
         except sqlite3.Error as exc:
             raise MapError(f"map database {self.file} is damaged ({exc}); restore the map directory from a "
                            "backup") from exc
+        except UnicodeDecodeError as exc:  # SQLite's own report quotes the damaged bytes
+            raise MapError(f"map database {self.file} is damaged (its schema or integrity report holds bytes that "
+                           "are not text); restore the map directory from a backup") from exc
         if fmt is None or not {"keyframes", "sessions"} <= tables:
             ro.close()
             if app_id == 0:

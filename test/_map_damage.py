@@ -1,0 +1,104 @@
+"""The damaged-map sweep of test_fuzz.py, importable by worker processes (the sweep runs on
+every core: each worker damages its share of the cases in its own copy of the map)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+MAP_FILES = ("map.sqlite", "index.faiss", "index.json")
+SIGNATURE = {"backbone": "t", "dim": 16}
+
+
+def make_map(path: Path) -> np.ndarray:
+    """A 40-keyframe map; returns its unit descriptors (keyframe id i+1 holds row i)."""
+    from anyloc_ros.core.database import PlaceDatabase
+
+    x = _descriptors()
+    with PlaceDatabase(path, SIGNATURE) as db:
+        db.add_many(x, list(range(40)))
+    return x
+
+
+def damages(target: str, size: int) -> Iterator[tuple[str, Callable[[bytes], bytes] | None]]:
+    """Every position of the file damaged, deterministically: each byte inverted (the SQLite
+    header and schema page, and the small index.json, byte by byte; the rest in 8-byte words,
+    so every byte is covered in a time CI can afford), truncation at every page (SQLite) or
+    word boundary, the file zeroed, and the file deleted."""
+    bytewise = size if target == "index.json" else min(size, 4096) if target == "map.sqlite" else 0
+    for i in range(bytewise):
+        yield f"invert byte {i}", lambda b, i=i: b[:i] + bytes([b[i] ^ 0xFF]) + b[i + 1:]
+    for i in range(bytewise, size, 8):
+        yield f"invert bytes {i}-{i + 7}", lambda b, i=i: b[:i] + bytes(x ^ 0xFF for x in b[i:i + 8]) + b[i + 8:]
+    for cut in range(0, size, {"map.sqlite": 512, "index.faiss": 8}.get(target, 1)):
+        yield f"truncate at {cut}", lambda b, cut=cut: b[:cut]
+    yield "zeroed", lambda b: bytes(len(b))
+    yield "deleted", None
+
+
+def sweep(src: str, work: str, target: str, worker: int, workers: int) -> tuple[int, int, list[str]]:
+    """Damage `target` in a copy of the map at `src` in each of this worker's cases and open it.
+
+    Returns (cases, refused with MapError, failures): a failure is any other exception, a
+    MapError that does not name the damaged file, or a map that opens and then misbehaves
+    (index damage must be detected and the index rebuilt from SQLite, losing nothing)."""
+    from anyloc_ros.core.database import PlaceDatabase
+    from anyloc_ros.core.errors import MapError
+
+    logging.disable(logging.CRITICAL)  # thousands of expected "damaged" reports
+    src_dir, d = Path(src), Path(work)
+    pristine = {name: (src_dir / name).read_bytes() for name in MAP_FILES}
+    x = _descriptors()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "map.lock").write_bytes((src_dir / "map.lock").read_bytes())
+    f = d / target
+    failures: list[str] = []
+    cases = refused = 0
+    for n, (what, damage) in enumerate(damages(target, len(pristine[target]))):
+        if n % workers != worker:
+            continue
+        cases += 1
+        for name, data in pristine.items():
+            (d / name).write_bytes(data)
+        for extra in d.iterdir():  # WAL/SHM files a previous open may have left
+            if extra.name not in (*MAP_FILES, "map.lock"):
+                extra.unlink()
+        if damage is None:
+            f.unlink()
+        else:
+            f.write_bytes(damage(pristine[target]))
+        try:
+            db = PlaceDatabase(d, SIGNATURE)
+        except MapError as exc:
+            refused += 1
+            if target != "map.sqlite" or str(f) not in str(exc):
+                failures.append(f"{what}: MapError {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - the sweep's point: nothing else may escape
+            failures.append(f"{what}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            ids = set(db.ids().tolist())
+            db.search(x[:3], 5)
+            db.keyframes()
+            if target != "map.sqlite":
+                lost = set(range(1, 41)) - ids
+                if lost:
+                    failures.append(f"{what}: keyframes lost {sorted(lost)}")
+                for kid in (1, 17, 40):
+                    got = db.search(x[kid - 1], 1)[0]
+                    if got[0].keyframe_id != kid or abs(got[0].score - 1.0) > 1e-4:
+                        failures.append(f"{what}: keyframe {kid} searched as {got[0]}")
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"{what}: opened, then {type(exc).__name__}: {exc}")
+        finally:
+            db.close()
+    return cases, refused, failures
+
+
+def _descriptors() -> np.ndarray:
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
