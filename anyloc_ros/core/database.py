@@ -255,6 +255,11 @@ class PlaceDatabase:
             raise KeyError(keyframe_id)
         return kf
 
+    def sessions_of(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        """The session of each id ("" for ids not in the map), in order."""
+        known = self.store.sessions_of(ids)
+        return [known.get(int(i), "") for i in ids]
+
     def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
         """The session's `n` newest keyframes, oldest first."""
         return self.store.newest_keyframes(session, n)
@@ -294,6 +299,15 @@ class PlaceDatabase:
             exclude = np.concatenate(excl) if excl else None
             results = self._index.search(q, k, include=include, exclude=exclude, max_id=max_id)
             return [self._matches(i_row, s_row) for i_row, s_row in results]
+
+    def search_ids(self, query: np.ndarray, ids: Sequence[int]) -> list[Match]:
+        """The query's similarity to the given keyframes (those that exist), in the order given."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        with self._lock:
+            d = self.descriptors(list(ids))
+            scores = np.nan_to_num(d @ q, nan=-1.0)
+            return self._matches(np.asarray(ids, np.int64), scores)
 
     def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]

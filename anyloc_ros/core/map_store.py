@@ -284,6 +284,15 @@ class MapStore:
         rows = self.read(f"SELECT {KEYFRAME_COLUMNS} FROM keyframes {where}", params)
         return [k for k in (keyframe_from_row(r) for r in rows) if k is not None]
 
+    def sessions_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """Session of each existing keyframe id among `ids`."""
+        out: dict[int, str] = {}
+        for part in _chunks([int(i) for i in ids]):
+            for kid, session in self.read(f"SELECT id, session FROM keyframes WHERE id IN ({','.join('?' * len(part))})",
+                                          part):
+                out[int(kid)] = str(session)
+        return out
+
     def keyframes_by_id(self, ids: Sequence[int]) -> dict[int, Keyframe]:
         out: dict[int, Keyframe] = {}
         for part in _chunks([int(i) for i in ids]):

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .loop_closure import KeyframeGateConfig, LoopClosureConfig
 from .map_index import IndexConfig
 from .rerank import PatchCompressor
+from .sequence import SequenceConfig
 from .settings import ParamSpec, build, setting, specs_of
 
 T = TypeVar("T")
@@ -98,7 +99,8 @@ class PipelineSettings:
 NODE_PARAMETERS: dict[str, tuple[type, ...]] = {
     "encoder_node": (EncoderSelection, EncoderNodeSettings),
     "mapping_node": (MapSettings, IndexConfig, PoseSettings, MappingSettings, KeyframeGateConfig),
-    "recognition_node": (MapSettings, IndexConfig, PoseSettings, RecognitionSettings, LoopClosureConfig),
+    "recognition_node": (MapSettings, IndexConfig, PoseSettings, RecognitionSettings, LoopClosureConfig,
+                         SequenceConfig),
     "anyloc_pipeline": (PipelineSettings,),
 }
 

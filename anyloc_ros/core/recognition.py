@@ -1,4 +1,4 @@
-"""PlaceRecognizer: map search -> optional mutual-NN re-ranking -> loop-closure filter.
+"""PlaceRecognizer: map search -> mutual-NN re-ranking or sequence matching -> loop-closure filter.
 
 The one path every front end uses (ROS nodes, `anyloc replay --offline`, evaluation), so
 their results agree:
@@ -19,6 +19,7 @@ from .database import PlaceDatabase
 from .geometry import Pose
 from .loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureFilter, Query
 from .rerank import rerank
+from .sequence import SequenceConfig, SequenceMatcher
 from .types import Match
 
 
@@ -30,10 +31,16 @@ class RecognitionResult:
 
 
 class PlaceRecognizer:
-    def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None) -> None:
+    """With `sequence.enable`, matches are ranked by sequence score (their `score` stays the
+    frame's cosine similarity; `sequence_score` holds the line's mean) and re-ranking is not
+    run: patch matching would re-order a single frame's list that the sequence overrides."""
+
+    def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None,
+                 sequence: SequenceConfig | None = None) -> None:
         self.db = db
         self.filter = LoopClosureFilter(config)
         self.config = self.filter.config
+        self.sequence = SequenceMatcher(sequence, db.sessions_of) if sequence is not None and sequence.enable else None
         self._query_seq = 0
 
     def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
@@ -47,7 +54,9 @@ class PlaceRecognizer:
         excluded = self.filter.excluded_ids(q)
         matches = self.db.search(descriptor, self.config.top_k, exclude_ids=excluded or None,
                                  exclude_sessions=exclude_sessions)[0]
-        if self.config.rerank and patches is not None and matches:
+        if self.sequence is not None:
+            matches = self._sequence_matches(q, descriptor, matches, excluded, exclude_sessions)
+        elif self.config.rerank and patches is not None and matches:
             matches = rerank(patches, matches, [self.db.patches(m.keyframe_id) for m in matches],
                              self.config.rerank_min_similarity)
         loop = self.filter.update(q, matches)
@@ -62,6 +71,26 @@ class PlaceRecognizer:
         exclude = exclude_current_session and self.db.session and self.db.store.writer_active()
         return self.query(descriptor, stamp_ns, pose, patches, query_id,
                           exclude_sessions=[self.db.session] if exclude else None, camera=camera)
+
+    def _sequence_matches(self, q: Query, descriptor: np.ndarray, matches: list[Match],
+                          excluded: set[int] | list[int] | None, exclude_sessions: list[str] | None) -> list[Match]:
+        assert self.sequence is not None
+        ranked = self.sequence.update(q.camera, q.stamp_ns, np.array([m.keyframe_id for m in matches], np.int64),
+                                      np.array([m.score for m in matches]), top=self.config.top_k)
+        skip = set(excluded or ())
+        ranked = [r for r in ranked if r.keyframe_id not in skip]  # recent keyframes stay excluded
+        known = {m.keyframe_id: m for m in matches}
+        missing = [r.keyframe_id for r in ranked if r.keyframe_id not in known]
+        if missing:  # places only the sequence found: read them, with this frame's true similarity
+            found = self.db.search_ids(descriptor, missing)
+            known.update({m.keyframe_id: m for m in found})
+        out = []
+        for r in ranked:
+            m = known.get(r.keyframe_id)
+            if m is not None and m.session not in (exclude_sessions or ()):
+                m.sequence_score = r.score
+                out.append(m)
+        return out
 
     @property
     def map_size(self) -> int:

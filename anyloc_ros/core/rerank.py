@@ -34,6 +34,10 @@ class PatchCompressor:
         q, _ = np.linalg.qr(rng.normal(size=(self.feature_dim, d)))
         self._proj = torch.from_numpy(q.astype(np.float32))  # (D, d) orthonormal columns
 
+    def signature(self) -> dict[str, int]:
+        """What the compact patches depend on (cache keys)."""
+        return {"feature_dim": self.feature_dim, "dim": self.dim, "grid": self.grid, "seed": self.seed}
+
     def __call__(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         """(h, w, D) patch features -> (n <= grid², d) float16, rows L2-normalised."""
         x = torch.as_tensor(features, dtype=torch.float32)

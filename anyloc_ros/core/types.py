@@ -79,6 +79,7 @@ class Match:
     frame_id: str = ""
     pose: Pose | None = None
     rerank_score: float | None = None
+    sequence_score: float | None = None  # mean similarity along the best sequence line (core/sequence.py)
 
 
 @dataclass

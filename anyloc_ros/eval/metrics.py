@@ -41,9 +41,20 @@ class PRCurve:
     recall_at_100p: float
 
 
+def recall_from_ranking(ranking: np.ndarray, positives: list[set[int]], ks: tuple[int, ...] = KS) -> dict[int, float]:
+    """Recall@K from each query's ranked database indices (best first)."""
+    hits = np.array([[bool(set(ranking[q, :k].tolist()) & positives[q]) for k in ks] for q in range(len(positives))])
+    return {k: float(hits[:, i].mean()) for i, k in enumerate(ks)}
+
+
 def best_match_pr(similarity: np.ndarray, positives: list[set[int]]) -> PRCurve:
     best = similarity.argmax(axis=1)
-    scores = similarity[np.arange(len(best)), best]
+    return best_match_pr_of(best, similarity[np.arange(len(best)), best], positives)
+
+
+def best_match_pr_of(best: np.ndarray, scores: np.ndarray, positives: list[set[int]]) -> PRCurve:
+    """PR of each query's best match (database index `best`) accepted above a threshold on `scores`."""
+    best, scores = np.asarray(best), np.asarray(scores, np.float64)
     correct = np.array([int(best[q]) in positives[q] for q in range(len(best))])
     n_pos = sum(1 for p in positives if p)
     order = np.argsort(-scores, kind="stable")

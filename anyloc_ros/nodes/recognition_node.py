@@ -27,6 +27,7 @@ from ..core.loop_closure import LoopClosureConfig
 from ..core.map_index import IndexConfig
 from ..core.params import MapSettings, PoseSettings, RecognitionSettings
 from ..core.recognition import PlaceRecognizer, RecognitionResult
+from ..core.sequence import SequenceConfig
 from ..core.types import DescriptorFrame
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
 from .descriptor_msg import accept_descriptor
@@ -52,6 +53,7 @@ class RecognitionNode(Node):
         self.settings = st = params.get(RecognitionSettings)
         self.index_config = params.get(IndexConfig)
         self.loop_config = params.get(LoopClosureConfig)
+        self.sequence_config = params.get(SequenceConfig)
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
         self.map_encoder_id = ""
@@ -86,7 +88,7 @@ class RecognitionNode(Node):
             log_error(self, f"cannot open map: {exc}")
             self.diagnostics.set_status(2, f"cannot open map: {exc}")
             return False
-        self.recognizer = PlaceRecognizer(db, self.loop_config)  # query patches arrive compressed
+        self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config)
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
         self.diagnostics.set_status(0, "ok")
         self.map_encoder_id = db.encoder_signature.id
@@ -152,6 +154,7 @@ class RecognitionNode(Node):
         m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq), query_camera=frame.frame_id)
         m.keyframe_ids = [int(x.keyframe_id) for x in result.matches]
         m.scores = [float(x.rerank_score if x.rerank_score is not None else x.score) for x in result.matches]
+        m.sequence_scores = [float(x.sequence_score) for x in result.matches if x.sequence_score is not None]
         m.session_ids = [x.session for x in result.matches]
         m.keyframe_stamps = [ns_to_stamp(x.stamp_ns, Time) for x in result.matches]
         m.poses = [pose_to_msg(x.pose, PoseMsg) for x in result.matches]

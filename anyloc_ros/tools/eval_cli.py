@@ -49,10 +49,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             build_vocabulary(build_backbone(cfg), ds.database, args.build_vocab, progress=not args.quiet).save(vocab)
         cfg.aggregation.vocabulary = str(vocab.resolve())
     cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
-    result = evaluate(ds, cfg, out, cache, progress=not args.quiet, label=args.label)
+    result = evaluate(ds, cfg, out, cache, progress=not args.quiet, label=args.label,
+                      settings=pipeline_settings(args))
     print_table([result])
     print(f"results: {out / 'results.json'}; plots: recall_at_k.png, pr_curve.png, similarity.png")
     return 0
+
+
+def pipeline_settings(args: argparse.Namespace):
+    """The recognition pipeline the nodes would run with `--params-file` (their defaults without)."""
+    import dataclasses
+
+    from ..core.loop_closure import LoopClosureConfig
+    from ..core.params import EncoderNodeSettings, NodeParameters
+    from ..core.sequence import SequenceConfig
+    from ..eval.evaluate import PipelineSettings
+
+    if args.params_file:
+        enc = NodeParameters.from_file(args.params_file, "encoder_node").get(EncoderNodeSettings)
+        rec = NodeParameters.from_file(args.params_file, "recognition_node")
+        loop, seq = rec.get(LoopClosureConfig), rec.get(SequenceConfig)
+    else:
+        enc, loop, seq = EncoderNodeSettings(), LoopClosureConfig(), SequenceConfig()
+    if args.no_rerank:
+        loop = dataclasses.replace(loop, rerank=False)
+    return PipelineSettings(loop, seq, enc)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -94,6 +115,9 @@ def register(sub: Any) -> None:
     p.add_argument("--output", default="results/eval")
     p.add_argument("--cache-dir", help="descriptor cache (default OUTPUT/cache)")
     p.add_argument("--label", help="name of this run in tables and plots")
+    p.add_argument("--params-file", help="the nodes' ROS parameters file: the recognition pipeline (top_k, "
+                                         "loop.rerank, sequence.*) and patch settings are taken from it")
+    p.add_argument("--no-rerank", action="store_true", help="single-frame pipeline without mutual-NN re-ranking")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -57,6 +57,7 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     from ..core.mapping import Mapper
     from ..core.params import EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
     from ..core.recognition import PlaceRecognizer
+    from ..core.sequence import SequenceConfig
     from ..nodes.conversions import message_to_rgb, stamp_to_ns
 
     enc_p = NodeParameters.from_file(params_file, "encoder_node")
@@ -75,7 +76,7 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         mapper = Mapper(db, map_p.get(KeyframeGateConfig))
         if mapping.new_session_on_start or mapping.session:
             mapper.new_session(mapping.session or None)
-    recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig))
+    recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig))
     compressor = enc_settings.patch_compressor(encoder.backbone.feature_dim)
     for m in messages:
         if m.msgtype not in IMAGE_TYPES:
