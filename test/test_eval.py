@@ -39,7 +39,15 @@ def test_eval_on_corridor_matches_independent_metrics(tmp_path, corridor_vocab, 
     for key in ("recall@1", "recall@5", "recall@10", "recall@20", "auc_pr", "recall_at_100p", "encode_ms", "query_ms",
                 "dim", "encoder_config"):
         assert key in res
-    assert res["recall@1"] >= 0.80 and res["dim"] == 2048
+    assert set(res["pipelines"]) == {"retrieval", "single", "sequence"}
+    retrieval, single, sequence = (res["pipelines"][p] for p in ("retrieval", "single", "sequence"))
+    assert res["recall@1"] == single["recall@1"]  # the headline is the shipped single-frame pipeline
+    print(f"corridor R@1: retrieval {retrieval['recall@1']:.3f}, single (re-ranked) {single['recall@1']:.3f}, "
+          f"sequence {sequence['recall@1']:.3f}")
+    # measured 2026-11-23: 0.847 / 0.910 / 1.000 (README); the targets
+    assert single["recall@1"] >= 0.90 and sequence["recall@1"] >= 0.97
+    assert sequence["recall@1"] > single["recall@1"] > retrieval["recall@1"]
+    assert res["dim"] == 2048
     for png in ("recall_at_k.png", "pr_curve.png", "similarity.png"):
         assert (out / png).stat().st_size > 5000
 
@@ -54,20 +62,20 @@ def test_eval_on_corridor_matches_independent_metrics(tmp_path, corridor_vocab, 
     order = np.argsort(-sim, axis=1)
     for k in (1, 5, 10, 20):
         mine = np.mean([bool(set(order[i, :k]) & corridor_gt[i]) for i in range(111)])
-        assert res[f"recall@{k}"] == pytest.approx(mine, abs=1 / 111 + 1e-9)
+        assert retrieval[f"recall@{k}"] == pytest.approx(mine, abs=1 / 111 + 1e-9)
     best, score = order[:, 0], sim.max(1)
     correct = np.array([best[i] in corridor_gt[i] for i in range(111)])
     # R@100P: queries accepted above the highest-scoring wrong match
     wrong_top = score[~correct].max()
     r100 = np.sum(correct & (score > wrong_top)) / 111
-    assert res["recall_at_100p"] == pytest.approx(r100, abs=2 / 111)
+    assert retrieval["recall_at_100p"] == pytest.approx(r100, abs=2 / 111)
 
     again = anyloc(*args)  # second run: descriptors from the cache
     assert again.returncode == 0
     assert json.loads((out / "results.json").read_text())["descriptors_from_cache"] is True
 
     cmp = anyloc("compare", str(out / "results.json"), str(out / "results.json"), "--output", str(tmp_path / "cmp"))
-    assert cmp.returncode == 0 and cmp.stdout.count("xfeat_vlad") == 2
+    assert cmp.returncode == 0 and cmp.stdout.count("xfeat_vlad") == 6  # 2 results x 3 pipelines
     assert (tmp_path / "cmp" / "pr_curve.png").is_file()
 
 
