@@ -95,7 +95,8 @@ def test_sequences_never_span_sessions():
     eleven = next(r for r in best if r.keyframe_id == 11)
     assert eleven.score == pytest.approx((0.5 + 3 * 0.1) / 4)  # three floors, no help from session A
     sessions.update({i: "A" for i in range(11, 40)})  # one session: the same line is a strong sequence
-    m.reset()
+    m = SequenceMatcher(SequenceConfig(enable=True, length=4, min_velocity=1, max_velocity=1),
+                        lambda ids: [sessions.get(int(i), "") for i in ids])
     for j, kid in enumerate((8, 9, 10)):
         m.update("cam", j * STEP, np.array([kid, 30]), np.array([0.9, 0.1]))
     best = m.update("cam", 3 * STEP, np.array([11, 30]), np.array([0.5, 0.1]))

@@ -85,6 +85,17 @@ class SequenceMatcher:
         self._sessions_of = sessions_of
         self._shifts = np.rint(np.outer(config.velocities(), np.arange(config.length))).astype(np.int64)  # (V, L)
         self._history: dict[str, deque[_Frame]] = {}
+        self._sessions: dict[int, str] = {}  # a keyframe's session never changes: read each once
+
+    def _session_array(self, ids: np.ndarray) -> np.ndarray:
+        unknown = [int(i) for i in ids if int(i) not in self._sessions]
+        if unknown:
+            if len(self._sessions) > 1_000_000:
+                self._sessions.clear()
+            # ids not (yet) in the map are not remembered: a live map grows into them
+            self._sessions.update((i, s) for i, s in zip(unknown, self._sessions_of(np.array(unknown)), strict=True)
+                                  if s)
+        return np.array([self._sessions.get(int(i), "") for i in ids], dtype=object)
 
     def reset(self, camera: str | None = None) -> None:
         if camera is None:
@@ -122,7 +133,7 @@ class SequenceMatcher:
             sim[:, :, j] = np.where(hit, f.scores[pos] if len(f.ids) else f.floor, f.floor)
         if n > 1:  # lines that leave the candidate's session count as misses
             uniq, inverse = np.unique(aligned, return_inverse=True)
-            sess = np.array(self._sessions_of(uniq), dtype=object)[inverse.reshape(aligned.shape)]
+            sess = self._session_array(uniq)[inverse.reshape(aligned.shape)]
             same = sess == sess[:, :, :1]
             floors = np.array([f.floor for f in frames])
             sim = np.where(same, sim, floors[None, None, :])
