@@ -351,7 +351,7 @@ def _flip_every_byte(data: bytes, positions: range, work: Path, sig) -> dict[str
         try:
             db = PlaceDatabase(work, sig, follower=sig is None)
         except MapError as exc:
-            assert str(work) in str(exc)
+            assert str(work / "map.sqlite") in str(exc), f"byte {pos}: {exc}"  # names the damaged file
             outcomes["map_error"] += 1
             continue
         try:  # whatever opened works, or says which file is damaged
