@@ -150,6 +150,13 @@ def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, lo
             elif odom_pub is not None:
                 odom_pub.publish(m.raw)
         matches = driver.wait_for("place_matches", len(images), timeout)
+        # a frame's loop closure is published just after its place match, on another topic: wait
+        # until loop closures stop arriving (0.5 s quiet) so the last frames' are not cut off
+        quiet_since, seen, give_up = time.monotonic(), len(driver.received["loop_closures"]), time.monotonic() + 5.0
+        while time.monotonic() - quiet_since < 0.5 and time.monotonic() < give_up:
+            time.sleep(0.05)
+            if len(driver.received["loop_closures"]) != seen:
+                quiet_since, seen = time.monotonic(), len(driver.received["loop_closures"])
         arrived = driver.arrival_times("place_matches")
         received = {stamp_to_ns(pm.query_stamp): (pm, t) for pm, t in zip(matches, arrived, strict=False)}
         loops = {stamp_to_ns(lc.query_stamp): lc.match_id for lc in driver.received["loop_closures"]}
