@@ -26,7 +26,7 @@ from ..core.loop_closure import LoopClosureConfig
 from ..core.params import EncoderNodeSettings
 from ..core.sequence import SequenceConfig
 from .datasets import PlaceDataset
-from .metrics import KS, PRCurve, best_match_pr_of, recall_from_ranking
+from .metrics import KS, PRCurve, best_match_pr_of, ranked, recall_from_ranking
 
 RESULT_FORMAT = "anyloc_ros.eval/1"
 
@@ -121,7 +121,8 @@ def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: 
     """Queries (one traversal, file order) through PlaceRecognizer over a map of the database.
 
     Returns the ranking (database indices, best first: the pipeline's top-k, then the rest by
-    similarity), each query's best score (what a threshold would be put on) and latencies."""
+    similarity, as deep as Recall@K reads), each query's best score (what a threshold would be
+    put on) and latencies."""
     import shutil
 
     from ..core.database import PlaceDatabase
@@ -136,18 +137,20 @@ def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: 
         index_of = {kid: i for i, kid in enumerate(ids)}
         seq = dataclasses.replace(settings.sequence, enable=sequence)
         rec = PlaceRecognizer(pdb, settings.loop, seq)
-        sim = q @ db.T
-        ranking = np.empty((len(q), len(db)), np.int64)
+        depth = min(max(KS), len(db))  # the ranks Recall@K reads
+        ranking = np.empty((len(q), depth), np.int64)
         best, ms = np.zeros(len(q)), []
         start = (len(db) + 10) * step
         for i in range(len(q)):
             t = time.perf_counter()
             res = rec.query(q[i], start + i * step, patches=q_patches[i] if q_patches is not None else None)
             ms.append((time.perf_counter() - t) * 1e3)
-            top = [index_of[m.keyframe_id] for m in res.matches]
+            top = [index_of[m.keyframe_id] for m in res.matches][:depth]
             taken = set(top)
-            rest = [j for j in np.argsort(-sim[i], kind="stable") if j not in taken]
-            ranking[i] = top + rest
+            sim = db @ q[i]
+            near = np.argpartition(-sim, min(depth + len(top), len(db)) - 1)[:depth + len(top)]
+            rest = [int(j) for j in near[np.argsort(-sim[near], kind="stable")] if int(j) not in taken]
+            ranking[i] = (top + rest)[:depth]
             m = res.matches[0] if res.matches else None
             best[i] = -np.inf if m is None else (m.sequence_score if m.sequence_score is not None else
                                                  m.rerank_score if m.rerank_score is not None else m.score)
@@ -178,7 +181,7 @@ def evaluate(dataset: PlaceDataset, config: EncoderConfig, output: Path, cache_d
     db_patches, q_patches = (db_p[0], q_p[0]) if compress is not None else (None, None)
     sim = q @ db.T
     output.mkdir(parents=True, exist_ok=True)
-    retrieval, retrieval_pr = _scores(np.argsort(-sim, axis=1, kind="stable"), sim.max(axis=1), dataset.positives)
+    retrieval, retrieval_pr = _scores(ranked(sim, max(KS)), sim.max(axis=1), dataset.positives)
     retrieval["query_ms"] = query_latency_ms(db, q)
     pipelines = {"retrieval": retrieval}
     curves = [("retrieval", retrieval_pr)]
