@@ -122,12 +122,15 @@ def test_recognition_node_publishes_sequence_matches(tmp_path, corridor_vocab, c
     """recognition_node alone, localising on a saved corridor map (the ref traversal), fed the
     query traversal's descriptors over DDS (stamped at 10 Hz): with `sequence.enable` its place matches
     are ranked by sequence score (and carry them) and find the right place where single frames
-    do not. The same frames through the core pipeline give the reference numbers."""
-    from anyloc_ros.msg import PlaceDescriptor, PlaceMatch
+    do not. Relocalisation hints come only with confirmed loop closures, at the matched
+    keyframe's pose."""
+    from anyloc_ros.msg import LoopClosure, PlaceDescriptor, PlaceMatch
+    from geometry_msgs.msg import PoseWithCovarianceStamped
     from std_msgs.msg import Header
 
     from anyloc_ros.core.database import PlaceDatabase
     from anyloc_ros.core.encoder import Encoder
+    from anyloc_ros.core.geometry import Pose
     from anyloc_ros.core.types import DescriptorFrame, EncoderSignature
     from anyloc_ros.nodes.descriptor_msg import frame_to_msg
 
@@ -136,17 +139,19 @@ def test_recognition_node_publishes_sequence_matches(tmp_path, corridor_vocab, c
     ref = enc.aggregate(corridor_features["ref"])
     queries = enc.aggregate(corridor_features["query"])
     with PlaceDatabase(tmp_path / "map", enc.signature(), session="corridor_map") as db:
-        db.add_many(ref, [(REF_T0 + i) * S for i in range(len(ref))])
+        db.add_many(ref, [(REF_T0 + i) * S for i in range(len(ref))], poses=[Pose(i, 0, 0) for i in range(len(ref))])
     encoder_id = EncoderSignature.checked(enc.signature(), "encoder").id
     recall = {}
     for enable in (True, False):
         pfile = write_params(tmp_path / f"p{enable}.yaml", {"/**": {
             "map_path": str(tmp_path / "map"), "descriptor_queue": 200, "loop.rerank": False,
-            "sequence.enable": enable, "publish_relocalization": False}})
+            "sequence.enable": enable}})
         node = NodeProcess("recognition_node", pfile, tmp_path, name=f"recognition_seq_{enable}")
         t = DriverNode()
         try:
             t.watch(PlaceMatch, "place_matches", 200)
+            t.watch(LoopClosure, "loop_closures", 200)
+            t.watch(PoseWithCovarianceStamped, "relocalization_pose", 200)
             pub = t.node.create_publisher(PlaceDescriptor, "descriptors", 200)
             t.wait_matched(pub, 1, 60)
             t.wait_graph("place_matches", 1, 1)
@@ -164,6 +169,12 @@ def test_recognition_node_publishes_sequence_matches(tmp_path, corridor_vocab, c
                        for m in matches)
             if enable:  # ranked by sequence score
                 assert all(list(m.sequence_scores) == sorted(m.sequence_scores, reverse=True) for m in matches)
+            time.sleep(1.0)  # the last frames' loop closures and hints follow their place matches
+            loops = {(lc.query_stamp.sec, lc.query_stamp.nanosec): lc.match_id for lc in t.received["loop_closures"]}
+            hints = {(h.header.stamp.sec, h.header.stamp.nanosec): h.pose.pose.position.x
+                     for h in t.received["relocalization_pose"]}
+            assert loops and set(hints) == set(loops)  # one hint per confirmed closure, none otherwise
+            assert all(hints[k] == pytest.approx(loops[k] - 1) for k in loops)  # the matched keyframe's pose
             assert node.alive()
         finally:
             node.stop()

@@ -80,7 +80,9 @@ class RecognitionSettings:
                                     "matches stay current", 1, 1000)
     exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals) than "
                                             "the one being mapped")
-    publish_relocalization: bool = setting(True, "publish the best match's pose on relocalization_pose")
+    publish_relocalization: bool = setting(True, "publish the matched keyframe's pose on relocalization_pose")
+    relocalization_requires_loop: bool = setting(True, "relocalisation hints only from confirmed loop closures "
+                                                       "(false: from every frame's best match)")
     relocalization_min_score: float = setting(0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0)
     relocalization_covariance: float = setting(1.0, "position variance (m^2) put on the relocalisation hint",
                                                0.0, 1e6)

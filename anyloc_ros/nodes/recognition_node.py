@@ -7,8 +7,9 @@ enabled, and runs the loop-closure filter. Publishes:
 
 * `place_matches` (anyloc_ros/PlaceMatch) for every query;
 * `loop_closures` (anyloc_ros/LoopClosure) for confirmed candidates;
-* optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped, usable as a
-  hint on /initialpose), `loop_closure_markers` (visualization_msgs/MarkerArray) and
+* optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped: the matched
+  keyframe's pose, by default only for confirmed loop closures; a hint for a localiser, its
+  covariance is `relocalization_covariance`, not measured), `loop_closure_markers` (visualization_msgs/MarkerArray) and
   `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
 """
 
@@ -163,9 +164,13 @@ class RecognitionNode(Node):
         m.encode_latency_ms = float(frame.encode_ms)
         self.match_pub.publish(m)
         best = result.matches[0] if result.matches else None
-        if self.reloc_pub is not None and best is not None and best.pose is not None \
-                and best.score >= self.settings.relocalization_min_score:
-            self._publish_relocalization(h, best)
+        # a relocalisation hint from one frame's appearance alone is wrong as often as the frame
+        # is aliased: by default only a confirmed (consistent) loop closure gives one
+        reloc = result.loop.match if result.loop is not None else \
+            None if self.settings.relocalization_requires_loop else best
+        if self.reloc_pub is not None and reloc is not None and reloc.pose is not None \
+                and reloc.score >= self.settings.relocalization_min_score:
+            self._publish_relocalization(h, reloc)
         if result.loop is not None:
             lc, q = result.loop, result.query
             msg = LoopClosure(header=h, query_id=int(q.id), query_stamp=h.stamp, query_session=q.session,
