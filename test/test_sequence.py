@@ -23,10 +23,10 @@ def _route(n, seed=0):
     return _unit(r[1:] + 0.5 * r[:-1])
 
 
-def _run(db, places, queries, config):
+def _run(db, queries, config):
     rec = PlaceRecognizer(db, LoopClosureConfig(rerank=False), config)
     start = 10**15
-    return [rec.query(q, start + i * STEP).matches[0].keyframe_id for i, q in enumerate(queries)], rec
+    return [rec.query(q, start + i * STEP).matches[0].keyframe_id for i, q in enumerate(queries)]
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ def aliased(tmp_path):
 def test_sequence_is_right_where_single_frames_are_fooled(aliased):
     db, ids, truth, queries, fooled = aliased
     want = np.array(ids)[truth]
-    single, _ = _run(db, None, queries, SequenceConfig(enable=False))
-    seq, _ = _run(db, None, queries, SequenceConfig(enable=True, length=10))
+    single = _run(db, queries, SequenceConfig(enable=False))
+    seq = _run(db, queries, SequenceConfig(enable=True, length=10))
     single_ok, seq_ok = np.abs(np.array(single) - want) <= 1, np.abs(np.array(seq) - want) <= 1
     assert not single_ok[fooled].any()  # every aliased frame fools single-frame search
     warm = np.arange(60) >= 10  # after one sequence length
@@ -75,7 +75,7 @@ def test_velocity_range_must_cover_the_traversal_speed(tmp_path):
     warm = np.arange(len(truth)) >= 10
 
     def accuracy(lo, hi):
-        got, _ = _run(db, None, queries, SequenceConfig(enable=True, length=10, min_velocity=lo, max_velocity=hi))
+        got = _run(db, queries, SequenceConfig(enable=True, length=10, min_velocity=lo, max_velocity=hi))
         return float((np.abs(np.array(got) - want) <= 1)[warm].mean())
 
     right, wrong = accuracy(0.4, 0.6), accuracy(0.9, 1.1)

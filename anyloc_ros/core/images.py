@@ -205,10 +205,12 @@ class ResizePolicy:
         top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))  # torchvision's CenterCrop
         # AnyLoc resizes the normalised float image; the affine normalisation commutes with
         # bilinear interpolation, so resizing float pixels first gives the same values.
-        crops = [np.ascontiguousarray(
-            (img if img.shape[:2] == (rh, rw) else cv2.resize(img.astype(np.float32), (rw, rh),
-                                                               interpolation=cv2.INTER_LINEAR)
-             )[top:top + h, left:left + w].astype(np.float32)) for img in images]
+        crops = []
+        for img in images:
+            img = img.astype(np.float32)
+            if img.shape[:2] != (rh, rw):
+                img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
+            crops.append(np.ascontiguousarray(img[top:top + h, left:left + w]))
         return to_normalized_tensor(crops, (h, w), mean, std)
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, FeatureDimensionError
+from .images import ResizePolicy, as_rgb_uint8
 
 UNKNOWN_SCALE_VARIANCE = 1e6  # m², along the translation direction when the scale is unknown
 
@@ -80,20 +81,20 @@ class XFeatKeypointExtractor:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         outs = {o.name: o.shape for o in self.session.get_outputs()}
-        self.heads = [n for n, s in outs.items() if len(s) == 4 and s[1] in (64, 65, 1)]
-        by_channels = {outs[n][1]: n for n in self.heads}
+        by_channels = {s[1]: n for n, s in outs.items() if len(s) == 4 and s[1] in (64, 65, 1)}
         if set(by_channels) != {64, 65, 1}:
             raise ConfigError(f"{model_path} does not have XFeat's descriptor (64), keypoint (65) and reliability "
                               f"(1) heads; outputs: {outs}")
         self.names = [by_channels[64], by_channels[65], by_channels[1]]
         inp = self.session.get_inputs()[0]
-        self.input_name, self.input_size = inp.name, (int(inp.shape[2]), int(inp.shape[3]))
+        self.input_name = inp.name
+        self.resize = ResizePolicy("fixed", size=(int(inp.shape[2]), int(inp.shape[3])), patch_size=1)
         self.top_k = top_k
 
     def __call__(self, rgb: np.ndarray) -> LocalFeatures:
         h, w = rgb.shape[:2]
-        x = cv2.resize(rgb, self.input_size[::-1], interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-        d, lg, rel = self.session.run(self.names, {self.input_name: x.transpose(2, 0, 1)[None]})
+        x = self.resize([as_rgb_uint8(rgb)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).numpy()  # RGB in [0, 1]
+        d, lg, rel = self.session.run(self.names, {self.input_name: x})
         return xfeat_keypoints(torch.from_numpy(d), torch.from_numpy(lg), torch.from_numpy(rel), (h, w), self.top_k)
 
 

@@ -41,9 +41,10 @@ def _cache_key(signature: dict[str, Any], paths: list[Path]) -> str:
 
 def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc: str, progress: bool = True,
                   skipped: list[tuple[Path, str]] | None = None, compress: Any = None
-                  ) -> tuple[np.ndarray, float, bool] | tuple[np.ndarray, float, bool, list[np.ndarray | None]]:
-    """Descriptors of `paths` (cached); returns (descriptors, ms per image, from_cache), and the
-    compact patches of each image (as the encoder node makes them) when `compress` is given.
+                  ) -> tuple[np.ndarray, float, bool, list[np.ndarray | None] | None]:
+    """Descriptors of `paths` (cached); returns (descriptors, ms per image, from_cache, patches):
+    the compact patches of each image (as the encoder node makes them) when `compress` is given,
+    else None.
 
     With a `skipped` list, images that cannot be read are skipped and reported there (their
     rows are NaN); without it, the first bad image is an error naming the file."""
@@ -65,9 +66,8 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
     cache = cache_dir / f"{_cache_key(key, paths)}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         meta, arrays = load_npz(cache)
-        if compress is None:
-            return arrays["descriptors"], float(meta["encode_ms"]), True
-        return arrays["descriptors"], float(meta["encode_ms"]), True, list(arrays["patches"])
+        cached = list(arrays["patches"]) if compress is not None else None
+        return arrays["descriptors"], float(meta["encode_ms"]), True, cached
     out = np.empty((len(paths), encoder.dim), np.float32)
     patches: list[np.ndarray | None] = [None] * len(paths)
     bs = encoder.batch_size
@@ -87,9 +87,7 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
     if cache is not None and not skipped:
         extra = {"patches": np.stack(patches)} if compress is not None else {}
         save_npz(cache, {"encode_ms": ms, "images": len(paths)}, descriptors=out, **extra)
-    if compress is None:
-        return out, ms, False
-    return out, ms, False, patches
+    return out, ms, False, patches if compress is not None else None
 
 
 def query_latency_ms(db: np.ndarray, queries: np.ndarray, k: int = 20, n: int = 50) -> float:
@@ -116,8 +114,8 @@ class PipelineSettings:
 
 
 def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: np.ndarray,
-                 q_patches: list[np.ndarray | None] | None, settings: PipelineSettings, sequence: bool,
-                 workdir: Path, signature: dict[str, Any]) -> dict[str, Any]:
+                 q_patches: list[np.ndarray | None] | None, sim: np.ndarray, settings: PipelineSettings,
+                 sequence: bool, workdir: Path, signature: dict[str, Any]) -> dict[str, Any]:
     """Queries (one traversal, file order) through PlaceRecognizer over a map of the database.
 
     Returns the ranking (database indices, best first: the pipeline's top-k, then the rest by
@@ -138,6 +136,7 @@ def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: 
         seq = dataclasses.replace(settings.sequence, enable=sequence)
         rec = PlaceRecognizer(pdb, settings.loop, seq)
         depth = min(max(KS), len(db))  # the ranks Recall@K reads
+        by_similarity = ranked(sim, depth + settings.loop.top_k)  # enough to fill in after the top-k
         ranking = np.empty((len(q), depth), np.int64)
         best, ms = np.zeros(len(q)), []
         start = (len(db) + 10) * step
@@ -147,10 +146,7 @@ def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: 
             ms.append((time.perf_counter() - t) * 1e3)
             top = [index_of[m.keyframe_id] for m in res.matches][:depth]
             taken = set(top)
-            sim = db @ q[i]
-            near = np.argpartition(-sim, min(depth + len(top), len(db)) - 1)[:depth + len(top)]
-            rest = [int(j) for j in near[np.argsort(-sim[near], kind="stable")] if int(j) not in taken]
-            ranking[i] = (top + rest)[:depth]
+            ranking[i] = (top + [int(j) for j in by_similarity[i] if int(j) not in taken])[:depth]
             m = res.matches[0] if res.matches else None
             best[i] = -np.inf if m is None else (m.sequence_score if m.sequence_score is not None else
                                                  m.rerank_score if m.rerank_score is not None else m.score)
@@ -174,11 +170,10 @@ def evaluate(dataset: PlaceDataset, config: EncoderConfig, output: Path, cache_d
     settings = settings or PipelineSettings()
     encoder = Encoder.from_config(config)
     compress = settings.encoder.patch_compressor(encoder.backbone.feature_dim) if settings.loop.rerank else None
-    db, db_ms, db_cached, *db_p = encode_images(encoder, dataset.database, cache_dir, "database", progress,
-                                                compress=compress)
-    q, q_ms, q_cached, *q_p = encode_images(encoder, dataset.queries, cache_dir, "queries", progress,
-                                            compress=compress)
-    db_patches, q_patches = (db_p[0], q_p[0]) if compress is not None else (None, None)
+    db, db_ms, db_cached, db_patches = encode_images(encoder, dataset.database, cache_dir, "database", progress,
+                                                     compress=compress)
+    q, q_ms, q_cached, q_patches = encode_images(encoder, dataset.queries, cache_dir, "queries", progress,
+                                                 compress=compress)
     sim = q @ db.T
     output.mkdir(parents=True, exist_ok=True)
     retrieval, retrieval_pr = _scores(ranked(sim, max(KS)), sim.max(axis=1), dataset.positives)
@@ -186,7 +181,7 @@ def evaluate(dataset: PlaceDataset, config: EncoderConfig, output: Path, cache_d
     pipelines = {"retrieval": retrieval}
     curves = [("retrieval", retrieval_pr)]
     for name, seq in (("single", False), ("sequence", True)):
-        run = run_pipeline(db, db_patches, q, q_patches, settings, seq, output, encoder.signature())
+        run = run_pipeline(db, db_patches, q, q_patches, sim, settings, seq, output, encoder.signature())
         pipelines[name], pr = _scores(run["ranking"], run["best"], dataset.positives)
         pipelines[name]["query_ms"] = run["query_ms"]
         curves.append((name, pr))

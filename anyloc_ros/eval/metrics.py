@@ -27,9 +27,7 @@ def ranked(similarity: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall_at_k(similarity: np.ndarray, positives: list[set[int]], ks: tuple[int, ...] = KS) -> dict[int, float]:
-    top = ranked(similarity, max(ks))
-    hits = np.array([[bool(set(top[q, :k].tolist()) & positives[q]) for k in ks] for q in range(len(positives))])
-    return {k: float(hits[:, i].mean()) for i, k in enumerate(ks)}
+    return recall_from_ranking(ranked(similarity, max(ks)), positives, ks)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool 
     encoder = Encoder.from_config(cfg)
     paths = list_images(folder)
     skipped: list[tuple[Path, str]] | None = [] if skip_bad else None
-    descriptors, _, _ = encode_images(encoder, paths, None, "encode", progress=not quiet, skipped=skipped)
+    descriptors, _, _, _ = encode_images(encoder, paths, None, "encode", progress=not quiet, skipped=skipped)
     if skipped:
         for p, why in skipped:
             print(f"skipped {p}: {why}", file=sys.stderr)
