@@ -83,6 +83,15 @@ def corridor_features(xfeat_backbone, corridor_images):
 
 
 @pytest.fixture(scope="session")
+def xfeat_encoder(corridor_vocab):
+    """The xfeat_vlad preset with the corridor vocabulary: descriptors and keypoints (encode_frame)."""
+    from anyloc_ros.core.encoder import Encoder
+
+    return Encoder.from_config({"preset": "xfeat_vlad", "backbone": {"model_path": str(XFEAT_ONNX), "device": "cpu"},
+                                "aggregation": {"vocabulary": str(corridor_vocab)}})
+
+
+@pytest.fixture(scope="session")
 def corridor_vocab(corridor_features, tmp_path_factory, xfeat_backbone):
     """32-cluster vocabulary fitted on the corridor map (ref) features, saved to a file."""
     from anyloc_ros.core.vocabulary import Vocabulary, fit_vocabulary

@@ -4,19 +4,7 @@
 import numpy as np
 import pytest
 
-from anyloc_ros.core.encoder import Encoder
-
 pytestmark = pytest.mark.realdata
-
-
-@pytest.fixture(scope="module")
-def xfeat_encoder(corridor_vocab, xfeat_backbone):
-    from .conftest import XFEAT_ONNX
-
-    return Encoder.from_config(
-        {"preset": "xfeat_vlad", "backbone": {"model_path": str(XFEAT_ONNX), "device": "cpu"},
-         "aggregation": {"vocabulary": str(corridor_vocab)}}
-    )
 
 
 def recall_at(sim: np.ndarray, gt: list[set[int]], k: int) -> float:

@@ -9,12 +9,11 @@ from anyloc_ros.core.verification import (
     UNKNOWN_SCALE_VARIANCE,
     LocalFeatures,
     VerificationConfig,
-    XFeatKeypointExtractor,
     mutual_matches,
     verify,
 )
 
-from .conftest import CORRIDOR, TUM_DESK, XFEAT_ONNX, read_corridor_gt, require
+from .conftest import CORRIDOR, TUM_DESK, read_corridor_gt, require
 
 pytestmark = pytest.mark.realdata
 
@@ -22,8 +21,10 @@ TUM_K = np.array([[520.9, 0.0, 325.1], [0.0, 521.0, 249.7], [0.0, 0.0, 1.0]])  #
 
 
 @pytest.fixture(scope="module")
-def extractor():
-    return XFeatKeypointExtractor(require(XFEAT_ONNX))  # 512 keypoints per image
+def extractor(xfeat_encoder):
+    """The encoder's own keypoints (XFeat's heads, same network run as the descriptor): 512 per image."""
+    assert xfeat_encoder.provides_keypoints
+    return lambda rgb: xfeat_encoder.encode_frame(rgb, keypoints=512).local
 
 
 def _rotation(q):

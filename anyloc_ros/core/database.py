@@ -24,6 +24,7 @@ failure to open, read or write a map is a `MapError` naming the file and what to
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ from .errors import FeatureDimensionError, MapError
 from .geometry import Pose
 from .map_index import IndexConfig, MapIndex, build_index, index_config_from_dict
 from .map_store import MapStore, validate_session_id
-from .types import EncoderSignature, Keyframe, MapStats, Match
+from .types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,11 @@ class PlaceDatabase:
         session: str | None = None,
         patches: np.ndarray | None = None,
         thumbnail: bytes | None = None,
+        local: LocalFeatures | None = None,
     ) -> int:
         """Add one keyframe; returns its id. Durable when this returns (unless durable=False)."""
-        return self.add_many([descriptor], [stamp_ns], [frame_id], [pose], session, [patches], [thumbnail])[0]
+        return self.add_many([descriptor], [stamp_ns], [frame_id], [pose], session, [patches], [thumbnail],
+                             [local])[0]
 
     def add_many(
         self,
@@ -181,6 +184,7 @@ class PlaceDatabase:
         session: str | None = None,
         patches: Sequence[np.ndarray | None] | None = None,
         thumbnails: Sequence[bytes | None] | None = None,
+        local: Sequence[LocalFeatures | None] | None = None,
     ) -> list[int]:
         """Add keyframes in one transaction; returns their ids. A failed write (disk full,
         read-only) is a MapError and adds nothing; the map stays usable."""
@@ -192,6 +196,7 @@ class PlaceDatabase:
         poses = poses or [None] * n
         patches = patches or [None] * n
         thumbnails = thumbnails or [None] * n
+        local = local or [None] * n
         with self._lock:
             sid = validate_session_id(session) if session else (self.session or self.new_session())
             ids = list(range(self._next_id, self._next_id + n))
@@ -208,6 +213,9 @@ class PlaceDatabase:
                 conn.executemany(
                     "INSERT INTO keyframes(id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw, descriptor, "
                     "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                conn.executemany(
+                    "INSERT INTO local_features(id, keypoints, descriptors, dim, image_h, image_w, camera_matrix, "
+                    "camera_mount) VALUES (?,?,?,?,?,?,?,?)", [_local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None])
                 if ids:
                     self.store.set_meta(conn, "last_id", ids[-1])
             self._next_id += n
@@ -247,6 +255,22 @@ class PlaceDatabase:
             return np.frombuffer(row[0], np.float16).reshape(shape).astype(np.float32)
         except (ValueError, TypeError):
             log.error("map %s: keyframe %d has damaged patch features; not re-ranked", self.path, keyframe_id)
+            return None
+
+    def local_features(self, keyframe_id: int) -> LocalFeatures | None:
+        """The keyframe's keypoints for geometric verification (None when it has none or they are damaged)."""
+        row = self.store.blob("keypoints, descriptors, dim, image_h, image_w, camera_matrix, camera_mount",
+                              keyframe_id, table="local_features")
+        if row is None:
+            return None
+        try:
+            kp = np.frombuffer(row[0], np.float32).reshape(-1, 2)
+            desc = np.frombuffer(row[1], np.float16).reshape(len(kp), int(row[2]))
+            K = None if row[5] is None else np.array(json.loads(row[5]), np.float64).reshape(3, 3)
+            mount = None if row[6] is None else Pose(*map(float, json.loads(row[6])))
+            return LocalFeatures(kp, desc, np.ones(len(kp), np.float32), (int(row[3]), int(row[4])), K, mount)
+        except (ValueError, TypeError):
+            log.error("map %s: keyframe %d has damaged local features; not verified", self.path, keyframe_id)
             return None
 
     def get(self, keyframe_id: int) -> Keyframe:
@@ -327,6 +351,7 @@ class PlaceDatabase:
                 for s in range(0, len(ids), 900):
                     part = ids[s : s + 900].tolist()
                     conn.execute(f"DELETE FROM keyframes WHERE id IN ({','.join('?' * len(part))})", part)
+                    conn.execute(f"DELETE FROM local_features WHERE id IN ({','.join('?' * len(part))})", part)
                 conn.executemany("INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in ids])
             self._index.remove(ids, self.store)
             self._index.save_quietly()
@@ -395,3 +420,11 @@ def _int(v: Any) -> int:
 
 
 __all__ = ["PlaceDatabase", "IndexConfig", "Keyframe", "Match", "MapStats", "index_config_from_dict", "build_index"]
+
+
+def _local_row(kid: int, lf: LocalFeatures) -> tuple[Any, ...]:
+    K = None if lf.camera_matrix is None else json.dumps(np.asarray(lf.camera_matrix, float).ravel().tolist())
+    mount = None if lf.camera_mount is None else json.dumps(list(lf.camera_mount.as_tuple()))
+    return (kid, np.ascontiguousarray(lf.keypoints, np.float32).tobytes(),
+            np.ascontiguousarray(lf.descriptors, np.float16).tobytes(), int(lf.descriptors.shape[1]),
+            int(lf.image_size[0]), int(lf.image_size[1]), K, mount)

@@ -27,7 +27,8 @@ from .errors import ConfigError, FeatureDimensionError, ImageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
 from .onnx_backbone import OnnxBackbone
 from .projection import PCA
-from .types import EncoderSignature, digest
+from .types import EncoderSignature, LocalFeatures, digest
+from .verification import xfeat_keypoints
 from .vocabulary import Vocabulary
 
 
@@ -46,6 +47,15 @@ def build_backbone(cfg: EncoderConfig) -> DenseBackbone:
         std=b.std if b.std is not None else IMAGENET_STD,
         output_layout=b.output_layout, device=b.device, max_side=b.max_side, threads=b.threads, resize=b.resize,
     )
+
+
+@dataclass
+class FrameEncoding:
+    """What the encoder makes of one camera frame."""
+
+    descriptor: np.ndarray  # (dim,) float32, unit length
+    patches: np.ndarray | None = None  # compact patch features for re-ranking
+    local: LocalFeatures | None = None  # keypoints for geometric verification
 
 
 @dataclass
@@ -156,14 +166,32 @@ class Encoder:
         """Descriptors plus each image's (h, w, D) patch features (for re-ranking / caching)."""
         return self._run(images, batch_size, keep_features=True)
 
-    def encode_frame(self, rgb: np.ndarray, compress: Callable[[torch.Tensor], np.ndarray] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One camera frame -> (descriptor, compact patches): the patch features pass through
-        `compress` (a rerank.PatchCompressor) when given, else no patches are made."""
-        if compress is None:
-            return self.encode([rgb])[0], None
-        desc, feats = self.encode_with_features([rgb])
-        return desc[0], compress(feats[0])
+    @property
+    def provides_keypoints(self) -> bool:
+        """The backbone has keypoint heads (XFeat): local features for geometric verification."""
+        return getattr(self.backbone, "keypoint_heads", None) is not None
+
+    def encode_frame(self, rgb: np.ndarray, compress: Callable[[torch.Tensor], np.ndarray] | None = None,
+                     keypoints: int = 0) -> FrameEncoding:
+        """One camera frame -> descriptor, compact patches (the patch features through `compress`,
+        a rerank.PatchCompressor, when given) and up to `keypoints` local features (when the
+        backbone provides them) from the same network run."""
+        if keypoints <= 0 or not self.provides_keypoints:
+            desc, feats = self._run([rgb], None, keep_features=compress is not None)
+            return FrameEncoding(desc[0], compress(feats[0]) if compress is not None else None)
+        rgb = as_rgb_uint8(rgb)
+        t0 = time.perf_counter()
+        pixels = self.backbone.preprocess([rgb])
+        t1 = time.perf_counter()
+        f, heads = self.backbone.forward_with_heads(pixels)
+        t2 = time.perf_counter()
+        desc = self.aggregate(f)
+        if not np.isfinite(desc).all():
+            raise FeatureDimensionError("the encoder produced NaN/inf descriptors: the backbone's output is not finite")
+        local = xfeat_keypoints(*heads, image_size=rgb.shape[:2], top_k=keypoints)
+        t3 = time.perf_counter()
+        self.timings = EncodeTimings(t1 - t0, t2 - t1, t3 - t2, 1)
+        return FrameEncoding(desc[0], compress(f[0]) if compress is not None else None, local)
 
     def _run(self, images: Any, batch_size: int | None, keep_features: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:

@@ -62,3 +62,44 @@ def interpolate_pose(p0: Pose, p1: Pose, t: float) -> Pose:
     pos = (1 - t) * p0.position + t * p1.position
     q = slerp(p0.quaternion, p1.quaternion, t)
     return Pose(*map(float, pos), *map(float, q))
+
+
+def rotation_matrix(q: np.ndarray) -> np.ndarray:
+    """3x3 rotation of a unit quaternion (x, y, z, w)."""
+    x, y, z, w = np.asarray(q, float) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def quaternion_of(R: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation."""
+    m = np.asarray(R, float)
+    w = math.sqrt(max(0.0, 1 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
+    x = math.copysign(math.sqrt(max(0.0, 1 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
+    y = math.copysign(math.sqrt(max(0.0, 1 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
+    z = math.copysign(math.sqrt(max(0.0, 1 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
+    q = np.array([x, y, z, w])
+    return q / np.linalg.norm(q)
+
+
+def pose_matrix(p: Pose) -> np.ndarray:
+    """4x4 homogeneous transform of a pose (the pose of a child frame in its parent)."""
+    T = np.eye(4)
+    T[:3, :3] = rotation_matrix(p.quaternion)
+    T[:3, 3] = p.position
+    return T
+
+
+def pose_from_matrix(T: np.ndarray) -> Pose:
+    return Pose(*map(float, T[:3, 3]), *map(float, quaternion_of(T[:3, :3])))
+
+
+def pose_from_rpy(x: float, y: float, z: float, roll: float, pitch: float, yaw: float) -> Pose:
+    """A pose from a position and fixed-axis roll, pitch, yaw in radians (as tf2's static transforms)."""
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
+                              math.cos(yaw), math.sin(yaw))
+    R = np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                  [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                  [-sp, cp * sr, cp * cr]])
+    return Pose(x, y, z, *map(float, quaternion_of(R)))

@@ -1,7 +1,8 @@
 """MapStore: the SQLite file of a map (`map.sqlite`), the source of truth of a PlaceDatabase.
 
 It holds keyframes (id, session, stamp, camera frame, pose, descriptor, compact patches,
-thumbnail), sessions, removed ids and the map's metadata (format, encoder signature, map id,
+thumbnail), their local features for geometric verification (keypoints, float16 descriptors,
+image size, intrinsics: a table of its own, absent in maps made before it), sessions, removed ids and the map's metadata (format, encoder signature, map id,
 active session, highest id ever used).
 
 Safety rules, each a fault a robot or an attacker can cause:
@@ -67,6 +68,16 @@ CREATE TABLE IF NOT EXISTS keyframes (
 );
 CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session, id);
 CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS local_features (
+    id INTEGER PRIMARY KEY,
+    keypoints BLOB NOT NULL,
+    descriptors BLOB NOT NULL,
+    dim INTEGER NOT NULL,
+    image_h INTEGER NOT NULL,
+    image_w INTEGER NOT NULL,
+    camera_matrix TEXT,
+    camera_mount TEXT
+);
 """
 KEYFRAME_COLUMNS = "id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw"
 
@@ -337,8 +348,15 @@ class MapStore:
         except sqlite3.Error as exc:
             raise self.error("save", exc) from exc
 
-    def blob(self, column: str, keyframe_id: int) -> Any:
-        rows = self.read(f"SELECT {column} FROM keyframes WHERE id=?", (int(keyframe_id),))
+    def blob(self, column: str, keyframe_id: int, table: str = "keyframes") -> Any:
+        try:
+            rows = self.conn.execute(f"SELECT {column} FROM {table} WHERE id=?", (int(keyframe_id),)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if table != "keyframes" and "no such table" in str(exc):
+                return None  # a map made before the table, read by a follower
+            raise self.error("read", exc) from exc
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
         return rows[0] if rows else None
 
     # ------------------------------------------------------------------ sessions and removals

@@ -20,6 +20,7 @@ import numpy as np
 from .database import PlaceDatabase
 from .geometry import Pose
 from .loop_closure import KeyframeGate, KeyframeGateConfig
+from .types import LocalFeatures
 
 
 class Mapper:
@@ -40,7 +41,8 @@ class Mapper:
         return sum(g.clock_jumps for g in self.gates.values())
 
     def offer(self, descriptor: np.ndarray, stamp_ns: int, frame_id: str = "", pose: Pose | None = None,
-              patches: np.ndarray | None = None, thumbnail: bytes | None = None) -> tuple[int | None, str]:
+              patches: np.ndarray | None = None, thumbnail: bytes | None = None,
+              local: LocalFeatures | None = None) -> tuple[int | None, str]:
         """(keyframe id, why) when the frame became a keyframe, else (None, "skipped")."""
         self.db.validate_descriptor(descriptor)  # bad input is refused, not skipped
         gate = self.gate(frame_id)
@@ -50,7 +52,7 @@ class Mapper:
             self.last_clock_jump = f"{frame_id or 'camera'}: {gate.last_clock_jump}"
         if reason is None:
             return None, "skipped"
-        kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches, thumbnail=thumbnail)
+        kid = self.db.add(descriptor, stamp_ns, frame_id, pose, patches=patches, thumbnail=thumbnail, local=local)
         gate.accept(stamp_ns, pose, descriptor)
         return kid, reason
 

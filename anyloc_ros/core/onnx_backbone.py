@@ -113,6 +113,13 @@ class OnnxBackbone:
             ch = self.forward(torch.zeros(1, 3, h, w)).shape[-1]
         self.feature_dim = int(ch)
         self.providers = self.session.get_providers()
+        # XFeat's keypoint heads beside its descriptor map: logits (65 channels: an 8x8 cell's
+        # positions + "none") and reliability (1 channel). With them the encoder gives local
+        # features for geometric verification from the same network run.
+        heads = {o.shape[1]: n for n, o in outputs.items()
+                 if n != self.output_name and len(o.shape) == 4 and o.shape[1] in (65, 1)}
+        self.keypoint_heads = (heads[65], heads[1]) if (set(heads) == {65, 1} and self.feature_dim == 64
+                                                        and output_layout == "nchw") else None
         self._fingerprint = _file_fingerprint(path)
         # An extractor exported by `anyloc export-onnx` carries the signature of the DINOv2
         # layer/facet it computes, so vocabularies and maps built with either path match.
@@ -137,23 +144,33 @@ class OnnxBackbone:
         return self.resize([as_rgb_uint8(im) for im in images], self.mean, self.std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_heads(pixels, with_keypoints=False)[0]
+
+    def forward_with_heads(self, pixels: torch.Tensor, with_keypoints: bool = True
+                           ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """(B, h, w, D) features and, when the model has keypoint heads and they are asked for,
+        (descriptors (B, D, h, w), logits, reliability) as the network gave them."""
         x = pixels.numpy()
         step = self.fixed_batch or len(x)
+        names = [self.output_name, *(self.keypoint_heads or ())] if with_keypoints else [self.output_name]
         try:
-            outs = [
-                self.session.run([self.output_name], {self.input_name: x[i : i + step]})[0]
-                for i in range(0, len(x), step)
-            ]
+            runs = [self.session.run(names, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)]
         except Exception as exc:  # onnxruntime's own exception types: wrong input type, size, ...
             raise FeatureDimensionError(f"ONNX model {self.model_path.name} failed on a {tuple(x.shape)} input: "
                                         f"{str(exc)[:300]}") from exc
+        outs = [r[0] for r in runs]
+        heads = None
+        if len(names) == 3:
+            heads = tuple(torch.from_numpy(np.concatenate([r[j] for r in runs], axis=0)) for j in range(3))
         out = torch.from_numpy(np.concatenate(outs, axis=0))
         if out.ndim != 4:
             raise FeatureDimensionError(f"ONNX model {self.model_path.name} gave a rank-{out.ndim} output "
                                         f"{tuple(out.shape)}; a dense feature map has rank 4")
+        if heads is not None:
+            heads = (out, heads[1], heads[2])
         if self.output_layout == "nchw":
             out = out.permute(0, 2, 3, 1)
-        return out.float().contiguous()
+        return out.float().contiguous(), heads
 
     def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.forward(self.preprocess(images))

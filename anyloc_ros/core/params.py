@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+
 from .config import EncoderSelection
 from .errors import ConfigError
+from .geometry import Pose, pose_from_rpy
 from .loop_closure import KeyframeGateConfig, LoopClosureConfig
 from .map_index import IndexConfig
 from .rerank import PatchCompressor
 from .sequence import SequenceConfig
 from .settings import ParamSpec, build, setting, specs_of
+from .verification import VerificationConfig
 
 T = TypeVar("T")
 
@@ -29,7 +33,6 @@ T = TypeVar("T")
 @dataclass
 class MapSettings:
     map_path: str = setting("", "map directory (created by the mapping node, read by the recognition node)")
-    map_frame: str = setting("map", "frame_id of published keyframes, poses and markers")
 
 
 @dataclass
@@ -52,6 +55,8 @@ class EncoderNodeSettings:
     publish_patches: bool = setting(True, "publish compact patch features for mutual-NN re-ranking")
     patch_grid: int = setting(32, "patch features are pooled to at most grid x grid cells", 1, 256)
     patch_dim: int = setting(64, "patch features are projected to this many dimensions", 1, 4096)
+    publish_keypoints: int = setting(512, "keypoints (with descriptors) published for geometric verification, "
+                                     "when the backbone has keypoint heads (XFeat); 0 = none", 0, 8192)
     publish_thumbnails: bool = setting(True, "attach a small JPEG of the image (keyframe previews, debug image)")
     thumbnail_size: int = setting(160, "longer side of the thumbnail in pixels", 16, 2048)
     max_image_pixels: int = setting(50_000_000, "larger images are refused (checked from the header, before "
@@ -63,11 +68,47 @@ class EncoderNodeSettings:
 
 
 @dataclass
+class CameraSettings:
+    """The camera the encoder node serves: intrinsics (for relative poses of loop closures) and
+    where it is mounted on the robot (a static transform base -> camera optical frame)."""
+
+    PREFIX: ClassVar[str] = "camera."
+    fx: float = setting(0.0, "focal length x in pixels (0 = from camera_info, else unknown: closures are verified "
+                        "without a relative pose)", 0.0, 1e6)
+    fy: float = setting(0.0, "focal length y in pixels", 0.0, 1e6)
+    cx: float = setting(0.0, "principal point x in pixels", 0.0, 1e6)
+    cy: float = setting(0.0, "principal point y in pixels", 0.0, 1e6)
+    mount_x: float = setting(0.0, "camera frame position in the base frame, x (m)", -1e3, 1e3)
+    mount_y: float = setting(0.0, "camera frame position in the base frame, y (m)", -1e3, 1e3)
+    mount_z: float = setting(0.0, "camera frame position in the base frame, z (m)", -1e3, 1e3)
+    mount_roll: float = setting(0.0, "camera frame orientation in the base frame, roll (rad, fixed axes as tf2)",
+                                -7.0, 7.0)
+    mount_pitch: float = setting(0.0, "camera frame orientation in the base frame, pitch (rad)", -7.0, 7.0)
+    mount_yaw: float = setting(0.0, "camera frame orientation in the base frame, yaw (rad)", -7.0, 7.0)
+
+    def validate(self) -> None:
+        given = [v > 0 for v in (self.fx, self.fy, self.cx, self.cy)]
+        if any(given[:2]) and not all(given[:2]):
+            raise ConfigError("camera.fx and camera.fy are set together (or both 0: intrinsics from camera_info)")
+
+    def camera_matrix(self) -> np.ndarray | None:
+        if self.fx <= 0:
+            return None
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def mount(self) -> Pose | None:
+        v = (self.mount_x, self.mount_y, self.mount_z, self.mount_roll, self.mount_pitch, self.mount_yaw)
+        return None if not any(v) else pose_from_rpy(*v)
+
+
+@dataclass
 class MappingSettings:
     session: str = setting("", "session id for this traversal; empty = a new generated id")
     new_session_on_start: bool = setting(True, "start a new session (traversal) when the node starts")
     durable: bool = setting(True, "each keyframe is fsynced before the next (off: durable after save_map)")
     store_patches: bool = setting(True, "store compact patch features with keyframes (mutual-NN re-ranking)")
+    store_local_features: bool = setting(True, "store keypoints with keyframes (geometric verification of loop "
+                                         "closures)")
     store_thumbnails: bool = setting(True, "store the descriptor's thumbnail JPEG with keyframes")
     require_pose: bool = setting(False, "drop frames for which no pose arrives within pose.wait_s")
     pose_wait_s: float = setting(0.3, "how long a frame waits for odometry covering its stamp", 0.0, 10.0,
@@ -80,12 +121,14 @@ class RecognitionSettings:
                                     "matches stay current", 1, 1000)
     exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals) than "
                                             "the one being mapped")
-    publish_relocalization: bool = setting(True, "publish the matched keyframe's pose on relocalization_pose")
-    relocalization_requires_loop: bool = setting(True, "relocalisation hints only from confirmed loop closures "
-                                                       "(false: from every frame's best match)")
+    robot_id: str = setting("", "robot (or map) id carried in loop closures, for multi-robot back-ends")
+    publish_relocalization: bool = setting(True, "publish a pose hint on relocalization_pose for published loop "
+                                                 "closures (verified ones: orientation and its covariance from the fit)")
+    relocalization_requires_loop: bool = setting(True, "relocalisation hints only from published loop closures "
+                                                       "(false: also from every frame's best match, unverified)")
     relocalization_min_score: float = setting(0.0, "minimum similarity for a relocalisation hint", -1.0, 1.0)
-    relocalization_covariance: float = setting(1.0, "position variance (m^2) put on the relocalisation hint",
-                                               0.0, 1e6)
+    relocalization_covariance: float = setting(1.0, "position variance (m^2) of a hint where the fit gives none "
+                                               "(monocular: unknown scale; unverified hints)", 0.0, 1e6)
     publish_markers: bool = setting(True, "publish loop-closure edges as a MarkerArray for rviz")
     publish_debug_image: bool = setting(False, "publish query | match thumbnails side by side on match_image")
     map_wait_s: float = setting(30.0, "how long to wait for the map to appear before giving up (0 = forever)",
@@ -99,10 +142,10 @@ class PipelineSettings:
 
 
 NODE_PARAMETERS: dict[str, tuple[type, ...]] = {
-    "encoder_node": (EncoderSelection, EncoderNodeSettings),
+    "encoder_node": (EncoderSelection, EncoderNodeSettings, CameraSettings),
     "mapping_node": (MapSettings, IndexConfig, PoseSettings, MappingSettings, KeyframeGateConfig),
     "recognition_node": (MapSettings, IndexConfig, PoseSettings, RecognitionSettings, LoopClosureConfig,
-                         SequenceConfig),
+                         SequenceConfig, VerificationConfig),
     "anyloc_pipeline": (PipelineSettings,),
 }
 

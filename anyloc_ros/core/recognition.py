@@ -1,10 +1,11 @@
-"""PlaceRecognizer: map search -> mutual-NN re-ranking or sequence matching -> loop-closure filter.
+"""PlaceRecognizer: map search -> mutual-NN re-ranking or sequence matching -> loop-closure filter
+-> geometric verification -> one closure per revisit.
 
 The one path every front end uses (ROS nodes, `anyloc replay --offline`, evaluation), so
 their results agree:
 
     recognizer = PlaceRecognizer(db, LoopClosureConfig())
-    result = recognizer.query(descriptor, stamp_ns, pose, patches)   # before adding it
+    result = recognizer.query(descriptor, stamp_ns, pose, patches, local=keypoints)   # before adding it
     kid, _ = mapper.offer(descriptor, stamp_ns, pose=pose, patches=...)   # core/mapping.py
     if kid is not None: recognizer.observe_keyframe(kid, stamp_ns, pose)
 """
@@ -20,14 +21,17 @@ from .geometry import Pose
 from .loop_closure import LoopCandidate, LoopClosureConfig, LoopClosureFilter, Query
 from .rerank import rerank
 from .sequence import SequenceConfig, SequenceMatcher
-from .types import Match
+from .types import LocalFeatures, Match
+from .verification import Verification, VerificationConfig, verify
 
 
 @dataclass
 class RecognitionResult:
     query: Query
     matches: list[Match] = field(default_factory=list)
-    loop: LoopCandidate | None = None
+    loop: LoopCandidate | None = None  # a published loop closure
+    suppressed: bool = False  # a confirmed candidate in the neighbourhood of an earlier closure
+    rejected: Verification | None = None  # a confirmed candidate that failed geometric verification
 
 
 class PlaceRecognizer:
@@ -36,17 +40,20 @@ class PlaceRecognizer:
     run: patch matching would re-order a single frame's list that the sequence overrides."""
 
     def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None,
-                 sequence: SequenceConfig | None = None) -> None:
+                 sequence: SequenceConfig | None = None, verification: VerificationConfig | None = None) -> None:
         self.db = db
         self.filter = LoopClosureFilter(config)
         self.config = self.filter.config
+        self.verification = verification or VerificationConfig()
         self.sequence = SequenceMatcher(sequence, db.sessions_of) if sequence is not None and sequence.enable else None
         self._query_seq = 0
 
     def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
               patches: np.ndarray | None = None, query_id: int | None = None,
-              exclude_sessions: list[str] | None = None, camera: str = "") -> RecognitionResult:
-        """Top-k map matches of one frame (recent keyframes excluded) and, when confirmed, a loop."""
+              exclude_sessions: list[str] | None = None, camera: str = "",
+              local: LocalFeatures | None = None) -> RecognitionResult:
+        """Top-k map matches of one frame (recent keyframes excluded) and, when confirmed,
+        verified and not already linked, a loop closure."""
         if query_id is None:
             query_id = self._query_seq
         self._query_seq += 1
@@ -60,17 +67,56 @@ class PlaceRecognizer:
             matches = rerank(patches, matches, [self.db.patches(m.keyframe_id) for m in matches],
                              self.config.rerank_min_similarity)
         loop = self.filter.update(q, matches)
-        return RecognitionResult(q, matches, loop)
+        if loop is None:
+            return RecognitionResult(q, matches)
+        if self.filter.suppressed(loop):
+            return RecognitionResult(q, matches, suppressed=True)
+        verified, rejected = self._verify(loop, matches, local)
+        if verified is None:
+            return RecognitionResult(q, matches, rejected=rejected)
+        self.filter.publish(verified)
+        return RecognitionResult(q, matches, verified)
+
+    def _verify(self, loop: LoopCandidate, matches: list[Match], local: LocalFeatures | None
+                ) -> tuple[LoopCandidate | None, Verification | None]:
+        """(the closure to publish, None) or (None, the best failed verification).
+
+        The confirmed neighbourhood's top `verification.candidates` keyframes are checked in rank
+        order; the first that verifies is published (appearance ranks, geometry gates: the
+        keyframe with most inliers is often a neighbour along a corridor, not the closest one)."""
+        vc = self.verification
+        if not vc.enable:
+            return loop, None
+        best: tuple[Match, Verification] | None = None
+        failed: Verification | None = None
+        if local is not None:
+            near = [m for m in matches if self.filter.same_neighbourhood(m, loop.match)][: vc.candidates]
+            for m in near:
+                kf = self.db.local_features(m.keyframe_id)
+                if kf is None:
+                    continue
+                v = verify(local, kf, config=vc)
+                if v.verified:
+                    best = (m, v)
+                    break
+                if failed is None or v.inliers > failed.inliers:
+                    failed = v
+        if best is not None:
+            return LoopCandidate(loop.query, best[0], loop.consistent, best[1]), None
+        if failed is None and not vc.required:  # nothing to verify with: published unverified
+            return loop, None
+        return None, failed or Verification(False, 0, 0)
 
     def recognize(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
                   patches: np.ndarray | None = None, query_id: int | None = None,
-                  exclude_current_session: bool = False, camera: str = "") -> RecognitionResult:
+                  exclude_current_session: bool = False, camera: str = "",
+                  local: LocalFeatures | None = None) -> RecognitionResult:
         """A follower's step for one frame: take in the map's changes, then query."""
         self.sync()
         # "current" is the session being mapped now; a saved map's last session is not current
         exclude = exclude_current_session and self.db.session and self.db.store.writer_active()
         return self.query(descriptor, stamp_ns, pose, patches, query_id,
-                          exclude_sessions=[self.db.session] if exclude else None, camera=camera)
+                          exclude_sessions=[self.db.session] if exclude else None, camera=camera, local=local)
 
     def _sequence_matches(self, q: Query, descriptor: np.ndarray, matches: list[Match],
                           excluded: set[int] | list[int] | None, exclude_sessions: list[str] | None) -> list[Match]:

@@ -83,6 +83,30 @@ class Match:
 
 
 @dataclass
+class LocalFeatures:
+    """Keypoints of one image for geometric verification (core/verification.py): (n, 2) pixel
+    positions (x, y) in the original image, (n, d) L2-normalised descriptors (float16), (n,)
+    detection scores, the image size, the camera's 3x3 intrinsic matrix when known, and where the
+    camera is mounted on the robot (the camera frame's pose in the base frame; None = identity)."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scores: np.ndarray
+    image_size: tuple[int, int]  # (height, width)
+    camera_matrix: np.ndarray | None = None
+    camera_mount: Pose | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.keypoints)
+        if self.keypoints.shape != (n, 2) or self.descriptors.ndim != 2 or len(self.descriptors) != n \
+                or len(self.scores) != n:
+            raise ValueError(f"local features of inconsistent shapes: keypoints {self.keypoints.shape}, "
+                             f"descriptors {self.descriptors.shape}, scores {self.scores.shape}")
+        if self.camera_matrix is not None:
+            self.camera_matrix = np.asarray(self.camera_matrix, np.float64).reshape(3, 3)
+
+
+@dataclass
 class MapStats:
     keyframes: int
     sessions: list[str]
@@ -105,4 +129,5 @@ class DescriptorFrame:
     patches: np.ndarray | None = None
     thumbnail: bytes | None = None
     encode_ms: float = 0.0
+    local: LocalFeatures | None = None  # keypoints for geometric verification
     received: float = field(default_factory=time.monotonic)

@@ -17,28 +17,19 @@ PoseWithCovariance (x, y, z, then rotation about x, y, z).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, FeatureDimensionError
-from .images import ResizePolicy, as_rgb_uint8
+from .errors import FeatureDimensionError
+from .geometry import Pose, pose_from_matrix, pose_matrix
+from .settings import setting
+from .types import LocalFeatures
 
 UNKNOWN_SCALE_VARIANCE = 1e6  # m², along the translation direction when the scale is unknown
-
-
-@dataclass
-class LocalFeatures:
-    """Keypoints of one image: (n, 2) pixel positions (x, y) in the original image, (n, d)
-    L2-normalised descriptors, (n,) detection scores."""
-
-    keypoints: np.ndarray
-    descriptors: np.ndarray
-    scores: np.ndarray
-    image_size: tuple[int, int]  # (height, width)
 
 
 def xfeat_keypoints(descriptors: torch.Tensor, logits: torch.Tensor, reliability: torch.Tensor,
@@ -69,43 +60,20 @@ def xfeat_keypoints(descriptors: torch.Tensor, logits: torch.Tensor, reliability
                          s.numpy().astype(np.float32), (int(h), int(w)))
 
 
-class XFeatKeypointExtractor:
-    """Runs XFeat's ONNX model (shared/data/weights/xfeat.onnx layout: outputs `output`,
-    keypoint logits and reliability) and returns `LocalFeatures` of an RGB image."""
-
-    def __init__(self, model_path: str | Path, top_k: int = 512, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        outs = {o.name: o.shape for o in self.session.get_outputs()}
-        by_channels = {s[1]: n for n, s in outs.items() if len(s) == 4 and s[1] in (64, 65, 1)}
-        if set(by_channels) != {64, 65, 1}:
-            raise ConfigError(f"{model_path} does not have XFeat's descriptor (64), keypoint (65) and reliability "
-                              f"(1) heads; outputs: {outs}")
-        self.names = [by_channels[64], by_channels[65], by_channels[1]]
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.resize = ResizePolicy("fixed", size=(int(inp.shape[2]), int(inp.shape[3])), patch_size=1)
-        self.top_k = top_k
-
-    def __call__(self, rgb: np.ndarray) -> LocalFeatures:
-        h, w = rgb.shape[:2]
-        x = self.resize([as_rgb_uint8(rgb)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).numpy()  # RGB in [0, 1]
-        d, lg, rel = self.session.run(self.names, {self.input_name: x})
-        return xfeat_keypoints(torch.from_numpy(d), torch.from_numpy(lg), torch.from_numpy(rel), (h, w), self.top_k)
-
-
 @dataclass
 class VerificationConfig:
+    PREFIX: ClassVar[str] = "verification."
+    enable: bool = setting(True, "geometric verification of loop closures where both images have keypoints "
+                           "(XFeat encoders); a closure that fails it is not published")
+    required: bool = setting(False, "publish only verified closures: none when the encoder gives no keypoints")
     # corridor (160x120 fisheye), 512 XFeat keypoints, 1 px: inliers of true pairs 10th percentile 39,
     # of pairs 20-90 frames apart 90th percentile 28, max 36 (test_verification.py)
-    min_inliers: int = 36
-    min_cosine: float = 0.82  # mutual matches below this descriptor similarity are not matches (XFeat's)
-    ransac_threshold_px: float = 1.0
-    confidence: float = 0.999
+    min_inliers: int = setting(36, "RANSAC inliers a verified closure needs", 8, 100000)
+    min_cosine: float = setting(0.82, "keypoint descriptor similarity a mutual match needs", -1.0, 1.0)
+    ransac_threshold_px: float = setting(1.0, "RANSAC inlier threshold in pixels", 0.01, 100.0)
+    confidence: float = setting(0.999, "RANSAC confidence", 0.5, 0.999999)
+    candidates: int = setting(3, "top matches of the confirmed neighbourhood tried in rank order; the first "
+                              "that verifies is published", 1, 100)
 
 
 @dataclass
@@ -136,8 +104,9 @@ def mutual_matches(a: np.ndarray, b: np.ndarray, min_cosine: float = 0.82) -> tu
 
 def verify(query: LocalFeatures, keyframe: LocalFeatures, camera_matrix: np.ndarray | None = None,
            config: VerificationConfig | None = None) -> Verification:
-    """Is `keyframe` the place `query` sees? With `camera_matrix` (3x3, the same camera for both),
-    also the relative pose keyframe camera -> query camera with its covariance."""
+    """Is `keyframe` the place `query` sees? When both cameras' intrinsics are known (each
+    side's `camera_matrix`, else the `camera_matrix` given here for both), also the relative pose
+    keyframe camera -> query camera with its covariance; else inliers of a fundamental matrix."""
     c = config or VerificationConfig()
     iq, ik = mutual_matches(query.descriptors, keyframe.descriptors, c.min_cosine)
     n = len(iq)
@@ -145,23 +114,35 @@ def verify(query: LocalFeatures, keyframe: LocalFeatures, camera_matrix: np.ndar
         return Verification(False, n, 0)
     pk = keyframe.keypoints[ik].astype(np.float64)
     pq = query.keypoints[iq].astype(np.float64)
-    if camera_matrix is None:
+    Kq = query.camera_matrix if query.camera_matrix is not None else camera_matrix
+    Kk = keyframe.camera_matrix if keyframe.camera_matrix is not None else camera_matrix
+    if Kq is None or Kk is None:
         _, mask = cv2.findFundamentalMat(pk, pq, cv2.USAC_MAGSAC, c.ransac_threshold_px, c.confidence)
         inliers = int(mask.sum()) if mask is not None else 0
         return Verification(inliers >= c.min_inliers, n, inliers)
-    K = np.asarray(camera_matrix, np.float64)
-    E, mask = cv2.findEssentialMat(pk, pq, K, method=cv2.USAC_MAGSAC, prob=c.confidence,
-                                   threshold=c.ransac_threshold_px)
+    # each side in its own camera's normalised coordinates (two cameras may differ); the pixel
+    # threshold becomes a normalised one through the mean focal length
+    Kq, Kk = np.asarray(Kq, np.float64), np.asarray(Kk, np.float64)
+    xk, xq = _normalised(pk, Kk), _normalised(pq, Kq)
+    f = float(np.sqrt(Kq[0, 0] * Kq[1, 1] * Kk[0, 0] * Kk[1, 1]) ** 0.5)
+    eye = np.eye(3)
+    E, mask = cv2.findEssentialMat(xk, xq, eye, method=cv2.USAC_MAGSAC, prob=c.confidence,
+                                   threshold=c.ransac_threshold_px / f)
     if E is None or E.shape != (3, 3) or mask is None:
         return Verification(False, n, 0)
-    _, R, t, mask = cv2.recoverPose(E, pk, pq, K, mask=mask.copy())
+    _, R, t, mask = cv2.recoverPose(E, xk, xq, eye, mask=mask.copy())
     keep = mask.ravel() > 0
     inliers = int(keep.sum())
     if inliers < c.min_inliers:
         return Verification(False, n, inliers)
     t = t.ravel() / np.linalg.norm(t)
-    cov = pose_covariance(R, t, pk[keep], pq[keep], K)
+    cov = pose_covariance(R, t, xk[keep], xq[keep], f)
     return Verification(True, n, inliers, RelativePose(R, t, cov))
+
+
+def _normalised(p: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(n, 2) pixels -> (n, 2) normalised image coordinates of a pinhole camera."""
+    return np.c_[p, np.ones(len(p))] @ np.linalg.inv(K).T[:, :2]
 
 
 def _sampson(R: np.ndarray, t: np.ndarray, xk: np.ndarray, xq: np.ndarray) -> np.ndarray:
@@ -173,16 +154,16 @@ def _sampson(R: np.ndarray, t: np.ndarray, xk: np.ndarray, xq: np.ndarray) -> np
     return num / np.sqrt(ek[:, 0] ** 2 + ek[:, 1] ** 2 + eq[:, 0] ** 2 + eq[:, 1] ** 2 + 1e-18)
 
 
-def pose_covariance(R: np.ndarray, t: np.ndarray, pk: np.ndarray, pq: np.ndarray, K: np.ndarray) -> np.ndarray:
+def pose_covariance(R: np.ndarray, t: np.ndarray, xk: np.ndarray, xq: np.ndarray, focal: float) -> np.ndarray:
     """6x6 covariance (x, y, z, rx, ry, rz) of the two-view pose from its inliers.
 
     The 5 degrees of freedom (a rotation increment, two directions orthogonal to t) are
     linearised around the estimate; their covariance is s² (JᵀJ)⁻¹ with J the Jacobian of the
-    inliers' Sampson errors in pixels and s² their variance. Along t the scale is unknown."""
-    Kinv = np.linalg.inv(K)
-    xk = np.c_[pk, np.ones(len(pk))] @ Kinv.T
-    xq = np.c_[pq, np.ones(len(pq))] @ Kinv.T
-    f = float(np.sqrt(K[0, 0] * K[1, 1]))  # normalised -> pixel units
+    inliers' Sampson errors in pixels (normalised coordinates `xk`, `xq` times `focal`) and s²
+    their variance. Along t the scale is unknown."""
+    xk = np.c_[xk, np.ones(len(xk))]
+    xq = np.c_[xq, np.ones(len(xq))]
+    f = focal
     a = np.cross(t, [1.0, 0, 0] if abs(t[0]) < 0.9 else [0, 1.0, 0])
     a /= np.linalg.norm(a)
     b = np.cross(t, a)
@@ -206,3 +187,35 @@ def pose_covariance(R: np.ndarray, t: np.ndarray, pk: np.ndarray, pq: np.ndarray
     cov[:3, 3:] = B @ cov5[3:, :3]
     cov[3:, :3] = cov[:3, 3:].T
     return cov
+
+
+def base_relative_pose(rel: RelativePose, query_mount: Pose | None = None, match_mount: Pose | None = None
+                       ) -> tuple[Pose, np.ndarray]:
+    """The query's base frame in the matched keyframe's base frame (an edge match -> query of a
+    pose graph), and its 6x6 covariance (x, y, z, rotation about the match base frame's x, y, z).
+
+    `rel` maps points of the match camera into the query camera; a mount is the camera's pose in
+    its robot's base frame (None: the camera frame is the base frame). Covariance propagated
+    through the composition by a numerical Jacobian."""
+    Mq = pose_matrix(query_mount) if query_mount is not None else np.eye(4)
+    Mm = pose_matrix(match_mount) if match_mount is not None else np.eye(4)
+    Mq_inv = np.linalg.inv(Mq)
+
+    def compose(p: np.ndarray) -> np.ndarray:
+        dR, _ = cv2.Rodrigues(p[3:])
+        T = np.eye(4)
+        T[:3, :3] = dR @ rel.rotation
+        T[:3, 3] = rel.translation + p[:3]
+        return Mm @ np.linalg.inv(T) @ Mq_inv  # T_bm_bq = T_bm_cm T_cm_cq T_cq_bq
+
+    T0 = compose(np.zeros(6))
+    eps = 1e-6
+
+    def delta(p: np.ndarray) -> np.ndarray:
+        T = compose(p)
+        w, _ = cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)
+        return np.r_[T[:3, 3] - T0[:3, 3], w.ravel()]
+
+    J = np.stack([(delta(e * eps) - delta(-e * eps)) / (2 * eps) for e in np.eye(6)], axis=1)
+    cov = J @ rel.covariance @ J.T
+    return pose_from_matrix(T0), (cov + cov.T) / 2

@@ -81,7 +81,8 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
             if good and compress is None:
                 out[[i + j for j in good]] = encoder.encode([images[j] for j in good])
             for j in good if compress is not None else ():  # one frame at a time, as the encoder node
-                out[i + j], patches[i + j] = encoder.encode_frame(images[j], compress)
+                enc = encoder.encode_frame(images[j], compress)
+                out[i + j], patches[i + j] = enc.descriptor, enc.patches
             bar.update(len(chunk))
     ms = (time.perf_counter() - t0) * 1e3 / len(paths)
     if cache is not None and not skipped:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 
-from ..core.types import DescriptorFrame
-from .conversions import stamp_to_ns
+from ..core.types import DescriptorFrame, LocalFeatures
+from .conversions import pose_from_msg, pose_to_msg, stamp_to_ns
 from .diagnostics import RateStats, log_error
 
 
@@ -42,11 +42,47 @@ def frame_to_msg(frame: DescriptorFrame, header: Any) -> Any:
         m.thumbnail.format = "jpeg"
         m.thumbnail.data = frame.thumbnail
     m.encode_ms = float(frame.encode_ms)
+    lf = frame.local
+    if lf is not None and len(lf.keypoints):
+        m.keypoints = float32_array(lf.keypoints)
+        m.keypoint_descriptors = float32_array(lf.descriptors)
+        m.keypoint_dim = int(lf.descriptors.shape[1])
+        m.image_height, m.image_width = (int(v) for v in lf.image_size)
+        if lf.camera_matrix is not None:
+            m.camera_matrix = [float(v) for v in np.asarray(lf.camera_matrix).ravel()]
+        if lf.camera_mount is not None:
+            m.camera_mount = pose_to_msg(lf.camera_mount, type(m.camera_mount))
     return m
 
 
+def _local_from_msg(msg: Any) -> LocalFeatures | None:
+    if not len(msg.keypoints) or not msg.keypoint_dim:
+        return None
+    kp = _as_float32(msg.keypoints)
+    desc = _as_float32(msg.keypoint_descriptors)
+    dim = int(msg.keypoint_dim)
+    if kp.size % 2 or desc.size != kp.size // 2 * dim:
+        raise ValueError(f"{kp.size // 2} keypoints do not fit {desc.size} keypoint descriptor values of "
+                         f"keypoint_dim {dim}")
+    if not (np.isfinite(kp).all() and np.isfinite(desc).all()):
+        raise ValueError("keypoints or keypoint descriptors contain NaN or inf")
+    K = None
+    if len(msg.camera_matrix):
+        K = np.asarray(msg.camera_matrix, np.float64)
+        if K.size != 9 or not np.isfinite(K).all() or K[0] <= 0 or K[4] <= 0 or abs(np.linalg.det(K.reshape(3, 3))) < 1e-9:
+            raise ValueError(f"camera_matrix must be 9 finite values of an invertible K, got {K.size} values")
+    mount = pose_from_msg(msg.camera_mount)
+    identity = mount.as_tuple() in ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0), (0.0,) * 7)
+    if not identity and not mount.is_valid():
+        raise ValueError("camera_mount is not a valid pose (non-finite, or not a unit quaternion)")
+    n = kp.size // 2
+    return LocalFeatures(kp.reshape(n, 2), desc.reshape(n, dim).astype(np.float16), np.ones(n, np.float32),
+                         (int(msg.image_height), int(msg.image_width)), K, None if identity else mount)
+
+
 def frame_from_msg(msg: Any) -> DescriptorFrame:
-    """Raises ValueError for a message whose patch values do not fit its patch_dim."""
+    """Raises ValueError for a message whose patch values do not fit its patch_dim, or whose
+    keypoints, camera matrix or mount are malformed."""
     d = _as_float32(msg.descriptor)
     patches = None
     if len(msg.patches) and msg.patch_dim:
@@ -56,7 +92,7 @@ def frame_from_msg(msg: Any) -> DescriptorFrame:
         patches = flat.reshape(-1, int(msg.patch_dim))
     thumb = bytes(msg.thumbnail.data) if len(msg.thumbnail.data) else None
     return DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, int(msg.seq), d, msg.encoder_id,
-                           patches, thumb, float(msg.encode_ms))
+                           patches, thumb, float(msg.encode_ms), _local_from_msg(msg))
 
 
 def accept_descriptor(node: Node, msg: Any, stats: RateStats, map_encoder_id: str) -> DescriptorFrame | None:

@@ -2,7 +2,9 @@
 
 Subscribes `image` (sensor_msgs/Image) or `image/compressed` (CompressedImage) with
 sensor-data QoS into a bounded queue; a worker thread encodes the newest frames on the
-configured device and publishes `descriptors` (anyloc_ros/PlaceDescriptor). When the encoder
+configured device and publishes `descriptors` (anyloc_ros/PlaceDescriptor), with keypoints
+for geometric verification when the backbone has keypoint heads (XFeat) and the camera's
+intrinsics (`camera.fx` ... parameters, else `camera_info`) and mount (`camera.mount_*`). When the encoder
 cannot keep up, the oldest queued frames are dropped and counted (never a growing backlog).
 A malformed image is logged and counted; the node keeps serving.
 """
@@ -16,12 +18,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from rclpy.node import Node
 
 from ..core.config import EncoderSelection
 from ..core.encoder import Encoder
 from ..core.errors import AnyLocError
-from ..core.params import EncoderNodeSettings
+from ..core.params import CameraSettings, EncoderNodeSettings
 from ..core.types import DescriptorFrame
 from .conversions import encode_jpeg, message_to_rgb, stamp_to_ns
 from .descriptor_msg import frame_to_msg
@@ -48,6 +51,12 @@ class EncoderNode(Node):
         self.signature = self.encoder.signature()
         self.encoder_id = self.signature.id
         self.compressor = st.patch_compressor(self.encoder.backbone.feature_dim)
+        self.camera = params.get(CameraSettings)
+        self._camera_info: tuple[np.ndarray, int, int] | None = None  # K, width, height from camera_info
+        if self.camera.camera_matrix() is None and st.publish_keypoints and self.encoder.provides_keypoints:
+            from sensor_msgs.msg import CameraInfo
+
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, latched_qos())
         self.on_frame = on_frame
         self.stats = RateStats()
         self.stats.values["encoder_id"] = self.encoder_id
@@ -76,6 +85,24 @@ class EncoderNode(Node):
             f"{sig['aggregation']} dim={self.encoder.dim} device={getattr(self.encoder.backbone, 'device', 'onnx')} "
             f"id={self.encoder_id}; listening on {self.resolve_topic_name('image')}"
             f"{'/compressed' if st.image_transport == 'compressed' else ''}")
+
+    def _on_camera_info(self, msg: Any) -> None:
+        K = np.asarray(msg.k, np.float64).reshape(3, 3)
+        if K[0, 0] > 0 and K[1, 1] > 0 and np.isfinite(K).all():
+            if self._camera_info is None:
+                self.get_logger().info(f"intrinsics from camera_info: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
+                                       f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f} ({msg.width}x{msg.height})")
+            self._camera_info = (K, int(msg.width), int(msg.height))
+
+    def camera_matrix(self, height: int, width: int) -> np.ndarray | None:
+        """K of the image being encoded: the parameters, else camera_info scaled to the image size."""
+        K = self.camera.camera_matrix()
+        if K is not None or self._camera_info is None:
+            return K
+        K, w, h = self._camera_info
+        if w and h and (w, h) != (width, height):
+            K = np.diag([width / w, height / h, 1.0]) @ K
+        return K
 
     def _on_image(self, msg: Any) -> None:
         self.stats.inc("frames_received")
@@ -106,11 +133,14 @@ class EncoderNode(Node):
     def encode_message(self, msg: Any, received: float | None = None) -> DescriptorFrame:
         t0 = time.perf_counter()
         rgb = message_to_rgb(msg)
-        desc, patches = self.encoder.encode_frame(rgb, self.compressor)
+        enc = self.encoder.encode_frame(rgb, self.compressor, self.settings.publish_keypoints)
+        if enc.local is not None:
+            enc.local.camera_matrix = self.camera_matrix(*rgb.shape[:2])
+            enc.local.camera_mount = self.camera.mount()
         thumb = encode_jpeg(rgb, self.settings.thumbnail_size) if self.settings.publish_thumbnails else None
         ms = (time.perf_counter() - t0) * 1e3
-        frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, desc,
-                                self.encoder_id, patches, thumb, ms)
+        frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, enc.descriptor,
+                                self.encoder_id, enc.patches, thumb, ms, enc.local)
         self._seq += 1
         self.stats.inc("frames_encoded")
         self.stats.latency_ms.append(ms)

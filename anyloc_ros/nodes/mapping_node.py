@@ -148,7 +148,8 @@ class MappingNode(Node):
         try:
             kid, reason = self.mapper.offer(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
                                             patches=frame.patches if self.settings.store_patches else None,
-                                            thumbnail=frame.thumbnail if self.settings.store_thumbnails else None)
+                                            thumbnail=frame.thumbnail if self.settings.store_thumbnails else None,
+                                            local=frame.local if self.settings.store_local_features else None)
         except MapError as exc:  # the map cannot be written (disk full, read-only): report, keep running
             self.stats.inc("map_write_failures")
             self.diagnostics.set_status(2, f"map write failed: {exc}")
@@ -191,7 +192,7 @@ class MappingNode(Node):
         msg = Keyframe(id=int(kid), session=self.db.session, camera=frame.frame_id, pose=pose_to_msg(pose, PoseMsg),
                        pose_valid=pose is not None)
         msg.header.stamp = ns_to_stamp(frame.stamp_ns, Time)
-        msg.header.frame_id = self.map_settings.map_frame
+        msg.header.frame_id = self.poses.frame_id  # the pose's frame (odometry), never called map
         self.keyframe_pub.publish(msg)
 
     # ---- services

@@ -27,16 +27,19 @@ class PoseInput:
         self.buffer = PoseBuffer(settings.max_age_s, settings.max_extrapolation_s)
         self.node, self.stats = node, stats
         self.source = settings.source
+        self.frame_id = ""  # the frame the poses are in (the pose messages' header.frame_id)
         if self.source == "odom":
             from nav_msgs.msg import Odometry
 
-            node.create_subscription(Odometry, "odom", lambda m: self._add(m.header.stamp, m.pose.pose), 100)
+            node.create_subscription(Odometry, "odom", lambda m: self._add(m.header, m.pose.pose), 100)
         elif self.source == "pose":
             from geometry_msgs.msg import PoseStamped
 
-            node.create_subscription(PoseStamped, "pose", lambda m: self._add(m.header.stamp, m.pose), 100)
+            node.create_subscription(PoseStamped, "pose", lambda m: self._add(m.header, m.pose), 100)
 
-    def _add(self, stamp: Any, pose_msg: Any) -> None:
+    def _add(self, header: Any, pose_msg: Any) -> None:
+        stamp = header.stamp
+        self.frame_id = header.frame_id
         try:
             self.buffer.add(stamp_to_ns(stamp), pose_from_msg(pose_msg))
             self.stats.inc("poses_received")

@@ -3,13 +3,15 @@
 Subscribes `descriptors` (anyloc_ros/PlaceDescriptor), searches the map at `map_path`
 (opened as a follower: it picks up the mapping node's new keyframes as they are added, or
 serves a saved map for localisation), re-ranks the top-k by mutual-NN patch matching when
-enabled, and runs the loop-closure filter. Publishes:
+enabled, runs the loop-closure filter, verifies confirmed candidates geometrically (keypoints
+from the descriptor message and the keyframe's stored ones) and publishes one closure per
+revisited neighbourhood. Publishes:
 
 * `place_matches` (anyloc_ros/PlaceMatch) for every query;
 * `loop_closures` (anyloc_ros/LoopClosure) for confirmed candidates;
-* optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped: the matched
-  keyframe's pose, by default only for confirmed loop closures; a hint for a localiser, its
-  covariance is `relocalization_covariance`, not measured), `loop_closure_markers` (visualization_msgs/MarkerArray) and
+* optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped, by default only
+  for published loop closures: the matched keyframe's position, its orientation corrected by
+  the verified relative rotation with the fit's covariance; see `_publish_relocalization`), `loop_closure_markers` (visualization_msgs/MarkerArray) and
   `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
 """
 
@@ -30,6 +32,7 @@ from ..core.params import MapSettings, PoseSettings, RecognitionSettings
 from ..core.recognition import PlaceRecognizer, RecognitionResult
 from ..core.sequence import SequenceConfig
 from ..core.types import DescriptorFrame
+from ..core.verification import VerificationConfig, base_relative_pose
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
 from .descriptor_msg import accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error
@@ -55,6 +58,8 @@ class RecognitionNode(Node):
         self.index_config = params.get(IndexConfig)
         self.loop_config = params.get(LoopClosureConfig)
         self.sequence_config = params.get(SequenceConfig)
+        self.verification_config = params.get(VerificationConfig)
+        self.map_id = ""
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
         self.map_encoder_id = ""
@@ -89,7 +94,8 @@ class RecognitionNode(Node):
             log_error(self, f"cannot open map: {exc}")
             self.diagnostics.set_status(2, f"cannot open map: {exc}")
             return False
-        self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config)
+        self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config, self.verification_config)
+        self.map_id = str(db.store.meta("map_id") or "")
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
         self.diagnostics.set_status(0, "ok")
         self.map_encoder_id = db.encoder_signature.id
@@ -119,7 +125,7 @@ class RecognitionNode(Node):
         try:
             result = rec.recognize(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
                                    exclude_current_session=self.settings.exclude_current_session,
-                                   camera=frame.frame_id)
+                                   camera=frame.frame_id, local=frame.local)
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
             log_error(self, f"query refused: {exc}")
@@ -130,6 +136,10 @@ class RecognitionNode(Node):
             return None
         self.stats.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.stats.inc("queries")
+        if result.suppressed:
+            self.stats.inc("loop_closures_suppressed")
+        if result.rejected is not None:
+            self.stats.inc("loop_closures_rejected")
         self.stats.values["map_size"] = str(rec.map_size)
         if result.matches:
             self.stats.values["last_match_score"] = f"{result.matches[0].score:.3f}"
@@ -142,14 +152,14 @@ class RecognitionNode(Node):
 
         h = Header()
         h.stamp = ns_to_stamp(frame.stamp_ns, type(h.stamp))
-        h.frame_id = self.map_settings.map_frame
+        h.frame_id = self.poses.frame_id  # the frame the robot poses are in (odometry): never labelled map
         return h
 
     def _publish(self, frame: DescriptorFrame, result: RecognitionResult, header: Any) -> None:
         from builtin_interfaces.msg import Time
         from geometry_msgs.msg import Pose as PoseMsg
 
-        from ..msg import LoopClosure, PlaceMatch
+        from ..msg import PlaceMatch
 
         h = self._header(frame)
         m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq), query_camera=frame.frame_id)
@@ -164,44 +174,83 @@ class RecognitionNode(Node):
         m.encode_latency_ms = float(frame.encode_ms)
         self.match_pub.publish(m)
         best = result.matches[0] if result.matches else None
-        # a relocalisation hint from one frame's appearance alone is wrong as often as the frame
-        # is aliased: by default only a confirmed (consistent) loop closure gives one
-        reloc = result.loop.match if result.loop is not None else \
-            None if self.settings.relocalization_requires_loop else best
-        if self.reloc_pub is not None and reloc is not None and reloc.pose is not None \
-                and reloc.score >= self.settings.relocalization_min_score:
-            self._publish_relocalization(h, reloc)
         if result.loop is not None:
-            lc, q = result.loop, result.query
-            msg = LoopClosure(header=h, query_id=int(q.id), query_stamp=h.stamp, query_session=q.session,
-                              match_id=int(lc.match.keyframe_id), match_stamp=ns_to_stamp(lc.match.stamp_ns, Time),
-                              match_session=lc.match.session, score=float(lc.match.score),
-                              query_camera=frame.frame_id, match_camera=lc.match.frame_id,
-                              consistent_matches=int(lc.consistent))
-            msg.query_pose_valid = q.pose is not None
-            msg.query_pose = pose_to_msg(q.pose, PoseMsg)
-            msg.match_pose_valid = lc.match.pose is not None
-            msg.match_pose = pose_to_msg(lc.match.pose, PoseMsg)
+            msg = self._loop_closure_msg(frame, result, h)
             self.loop_pub.publish(msg)
             self.stats.inc("loop_closures")
-            self.get_logger().info(f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} "
-                                   f"(score {lc.match.score:.3f}, {lc.consistent} consistent)")
+            lc, q = result.loop, result.query
+            v = lc.verification
+            self.get_logger().info(
+                f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} (score {lc.match.score:.3f}, "
+                f"{lc.consistent} consistent, " + (f"verified: {v.inliers} inliers" if v is not None else "unverified")
+                + (", relative pose" if msg.relative_pose_valid else "") + ")")
             if self.marker_pub is not None and q.pose is not None and lc.match.pose is not None:
                 self._publish_markers(h, q.pose, lc.match.pose)
+            if self.reloc_pub is not None and lc.match.pose is not None \
+                    and lc.match.score >= self.settings.relocalization_min_score:
+                self._publish_relocalization(h, lc.match.pose, msg.relative_pose if msg.relative_pose_valid else None)
+        elif not self.settings.relocalization_requires_loop and self.reloc_pub is not None and best is not None \
+                and best.pose is not None and best.score >= self.settings.relocalization_min_score:
+            self._publish_relocalization(h, best.pose, None)  # one frame's appearance alone: unverified
         if self.image_pub is not None and best is not None and frame.thumbnail:
             self._publish_debug_image(frame, best, header)
 
-    def _publish_relocalization(self, h: Any, best: Any) -> None:
+    def _loop_closure_msg(self, frame: DescriptorFrame, result: RecognitionResult, h: Any) -> Any:
+        from builtin_interfaces.msg import Time
+        from geometry_msgs.msg import Pose as PoseMsg
+
+        from ..msg import LoopClosure
+
+        lc, q = result.loop, result.query
+        msg = LoopClosure(header=h, robot_id=self.settings.robot_id, map_id=self.map_id, query_id=int(q.id),
+                          query_stamp=h.stamp, query_session=q.session, match_id=int(lc.match.keyframe_id),
+                          match_stamp=ns_to_stamp(lc.match.stamp_ns, Time), match_session=lc.match.session,
+                          score=float(lc.match.score), query_camera=frame.frame_id, match_camera=lc.match.frame_id,
+                          consistent_matches=int(lc.consistent))
+        msg.query_pose_valid = q.pose is not None
+        msg.query_pose = pose_to_msg(q.pose, PoseMsg)
+        msg.match_pose_valid = lc.match.pose is not None
+        msg.match_pose = pose_to_msg(lc.match.pose, PoseMsg)
+        v = lc.verification
+        if v is not None:
+            msg.verified, msg.keypoint_matches, msg.inliers = v.verified, int(v.matches), int(v.inliers)
+            if v.pose is not None:
+                kf = self.recognizer.db.local_features(lc.match.keyframe_id)
+                rel, cov = base_relative_pose(v.pose, frame.local.camera_mount if frame.local else None,
+                                              kf.camera_mount if kf is not None else None)
+                msg.relative_pose_valid = True
+                msg.relative_pose.pose = pose_to_msg(rel, PoseMsg)
+                msg.relative_pose.covariance = [float(c) for c in cov.ravel()]
+                msg.scale_known = bool(v.pose.scale_known)
+        return msg
+
+    def _publish_relocalization(self, h: Any, keyframe_pose: Any, relative: Any) -> None:
+        """The query's pose from the matched keyframe's: with a verified relative pose, its
+        orientation is the keyframe's composed with the fitted rotation and the orientation
+        covariance is the fit's; the position stays the keyframe's (monocular: the distance is
+        unknown), with `relocalization_covariance` as its variance."""
         from geometry_msgs.msg import Pose as PoseMsg
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
+        from ..core.geometry import pose_from_matrix, pose_matrix, rotation_matrix
+
         msg = PoseWithCovarianceStamped(header=h)
-        msg.pose.pose = pose_to_msg(best.pose, PoseMsg)
         var = self.settings.relocalization_covariance
-        cov = np.zeros(36)
-        cov[[0, 7, 14]] = var
-        cov[[21, 28, 35]] = 0.1 * var
-        msg.pose.covariance = cov.tolist()
+        cov = np.zeros((6, 6))
+        cov[[0, 1, 2], [0, 1, 2]] = var
+        pose = keyframe_pose
+        if relative is None:
+            cov[[3, 4, 5], [3, 4, 5]] = 0.1 * var
+        else:
+            o = relative.pose.orientation
+            R_rel = rotation_matrix([o.x, o.y, o.z, o.w])
+            T = pose_matrix(keyframe_pose)
+            T[:3, :3] = T[:3, :3] @ R_rel
+            pose = pose_from_matrix(T)
+            R_kf = pose_matrix(keyframe_pose)[:3, :3]  # rotation covariance: match base frame -> pose frame
+            cov[3:, 3:] = R_kf @ np.asarray(relative.covariance).reshape(6, 6)[3:, 3:] @ R_kf.T
+        msg.pose.pose = pose_to_msg(pose, PoseMsg)
+        msg.pose.covariance = cov.ravel().tolist()
         self.reloc_pub.publish(msg)
 
     def _publish_markers(self, h: Any, a: Any, b: Any) -> None:

@@ -55,9 +55,10 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     from ..core.loop_closure import KeyframeGateConfig, LoopClosureConfig
     from ..core.map_index import IndexConfig
     from ..core.mapping import Mapper
-    from ..core.params import EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
+    from ..core.params import CameraSettings, EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
     from ..core.recognition import PlaceRecognizer
     from ..core.sequence import SequenceConfig
+    from ..core.verification import VerificationConfig
     from ..nodes.conversions import message_to_rgb, stamp_to_ns
 
     enc_p = NodeParameters.from_file(params_file, "encoder_node")
@@ -76,24 +77,30 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         mapper = Mapper(db, map_p.get(KeyframeGateConfig))
         if mapping.new_session_on_start or mapping.session:
             mapper.new_session(mapping.session or None)
-    recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig))
+    recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig),
+                                 rec_p.get(VerificationConfig))
     compressor = enc_settings.patch_compressor(encoder.backbone.feature_dim)
+    camera = enc_p.get(CameraSettings)  # intrinsics from the parameters (a bag's camera_info is not read)
     for m in messages:
         if m.msgtype not in IMAGE_TYPES:
             continue
         t0 = time.perf_counter()
         try:  # a bad frame is skipped and counted, as the encoder node does
-            desc, patches = encoder.encode_frame(message_to_rgb(m.msg), compressor)
+            enc = encoder.encode_frame(message_to_rgb(m.msg), compressor, enc_settings.publish_keypoints)
         except AnyLocError as exc:
             result.skip("images", exc)
             continue
+        if enc.local is not None:
+            enc.local.camera_matrix, enc.local.camera_mount = camera.camera_matrix(), camera.mount()
+        desc, patches = enc.descriptor, enc.patches
         stamp = stamp_to_ns(m.msg.header.stamp)
         pose = poses.at(stamp)
         res = recognizer.recognize(desc, stamp, pose, patches,
-                                   exclude_current_session=recognition.exclude_current_session)
+                                   exclude_current_session=recognition.exclude_current_session, local=enc.local)
         if mapper is not None:
             kid, _ = mapper.offer(desc, stamp, m.msg.header.frame_id, pose,
-                                  patches if mapping.store_patches else None)
+                                  patches if mapping.store_patches else None,
+                                  local=enc.local if mapping.store_local_features else None)
             if kid is not None:
                 recognizer.observe_keyframe(kid, stamp, pose)
         result.frames.append(FrameResult(
