@@ -102,7 +102,7 @@ def map_then_recognise(test, map_path: Path, composed: bool) -> None:
         publish_traversal(t, ip, op, images["query"], 500, [(i, 0.3) for i in range(N)], N)
         keyframes = t.wait_for("keyframes", 2 * N, 10)
         test.assertEqual(len(keyframes), 2 * N)
-        test.assertTrue(all(k.pose_valid and k.header.frame_id == "map" for k in keyframes))
+        test.assertTrue(all(k.pose_valid and k.header.frame_id == "odom" for k in keyframes))  # the poses' frame
         info = t.call(GetMapInfo, "get_map_info", GetMapInfo.Request())
         test.assertEqual((info.keyframes, info.sessions, Path(info.map_path)), (2 * N, 2, map_path))
         q = [m for m in t.received["place_matches"] if m.query_stamp.sec >= 500]

@@ -22,6 +22,9 @@ from anyloc_ros.core.sequence import SequenceConfig
 from anyloc_ros.core.types import Match
 
 S = 10**9
+# the appearance-only candidate stream (no score floor, every confirmed frame a closure): what
+# geometric verification and one-closure-per-revisit start from
+PER_FRAME = {"min_score": 0.0, "suppress_window": 0}
 
 
 def yaw(deg: float) -> Pose:
@@ -139,7 +142,7 @@ def run_trajectory(tmp_path, stream, config: LoopClosureConfig, gap_s: int = 30,
 @pytest.mark.realdata
 def test_corridor_loop_closures_precision_and_recall(tmp_path, corridor_stream, corridor_gt):
     config = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=120, consistency=3, consistency_window=3,
-                               rerank=True)
+                               rerank=True, **PER_FRAME)
     loops = run_trajectory(tmp_path, corridor_stream, config)
     # keyframe ids 1..111 are the map traversal (ref index + 1)
     correct = [1 for i, kid, _ in loops["query"] if (kid - 1) in corridor_gt[i]]
@@ -160,7 +163,7 @@ def test_sequence_matching_makes_corridor_loop_closures_exact(tmp_path, corridor
     near misses (1-2 frames outside the ground truth's +-2); along a sequence none remain.
     Measured 2026-11-23: 106 closures, all correct (single-frame: 95 at precision 0.947)."""
     config = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=120, consistency=3, consistency_window=3,
-                               rerank=True)
+                               rerank=True, **PER_FRAME)
     loops = run_trajectory(tmp_path, corridor_stream, config, sequence=SequenceConfig(enable=True))
     correct = sum((kid - 1) in corridor_gt[i] for i, kid, _ in loops["query"])
     print(f"corridor loop closures with sequences: {len(loops['query'])}, correct {correct}")
@@ -173,8 +176,8 @@ def test_recency_exclusion_prevents_closures_to_recent_frames(tmp_path, corridor
     """One traversal alone: with exclusion on, no loop closure to its own recent frames; with it
     off, consecutive frames 'close loops' with each other (so the check can fail)."""
     ref_only = {"ref": corridor_stream["ref"], "query": (corridor_stream["ref"][0][:0], [])}
-    on = LoopClosureConfig(exclude_recent_count=10, exclude_recent_s=30)
-    off = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0)
+    on = LoopClosureConfig(exclude_recent_count=10, exclude_recent_s=30, **PER_FRAME)
+    off = LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, **PER_FRAME)
     with_exclusion = run_trajectory(tmp_path / "on", ref_only, on)["ref"]
     without = run_trajectory(tmp_path / "off", ref_only, off)["ref"]
     recent = lambda loops: [(i, kid) for i, kid, _ in loops if (i + 1) - kid < 30]  # noqa: E731  (age < 30 s)

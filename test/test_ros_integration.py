@@ -24,10 +24,14 @@ def params(tmp_path_factory, corridor_vocab):
         "/**": {"map_path": str(d / "map"), "pose_source": "odom"},
         "encoder_node": {"encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"),
                          "vocabulary": str(corridor_vocab), "device": "cpu", "queue_size": 20,
-                         "qos_reliable": True},
+                         "qos_reliable": True,
+                         # nominal pinhole intrinsics (the corridor's fisheye has no calibration): they
+                         # make the closures carry relative poses whose fields are checked here
+                         "camera.fx": 100.0, "camera.fy": 100.0, "camera.cx": 80.0, "camera.cy": 60.0,
+                         "camera.mount_z": 0.5},
         "mapping_node": {"session": "corridor_map", "keyframe.min_distance_m": 0.5},
         "recognition_node": {"exclude_current_session": True, "loop.consistency": 3, "loop.rerank": True,
-                             "publish_debug_image": True},
+                             "publish_debug_image": True, "robot_id": "robot_a"},
     })
     return d, path
 
@@ -78,9 +82,20 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
         print(f"nodes over DDS: corridor Recall@1 = {recall1:.3f}")
         assert recall1 >= 0.8
 
-        # 3. loop-closure candidates carry the right ids, stamps, sessions and poses
+        # 3. loop closures: verified, one per revisited stretch (suppress_window 10 of 111 frames),
+        # with the right ids, stamps, sessions, poses and frames, and a relative pose with covariance
         loops = [lc for lc in t.received["loop_closures"] if lc.query_stamp.sec >= QUERY_T0]
-        assert len(loops) >= 30
+        assert 3 <= len(loops) <= 111 // 10 + 2
+        matched = sorted(lc.match_id for lc in loops)
+        assert all(b - a > 10 for a, b in zip(matched, matched[1:]))  # never two closures to one stretch
+        for lc in loops:
+            assert lc.verified and lc.inliers >= 36 and lc.keypoint_matches >= lc.inliers
+            assert lc.robot_id == "robot_a" and len(lc.map_id) == 32 and lc.map_id == loops[0].map_id
+            assert lc.relative_pose_valid and not lc.scale_known
+            cov = np.array(lc.relative_pose.covariance).reshape(6, 6)
+            assert np.allclose(cov, cov.T) and np.all(np.diag(cov) > 0) and cov.max() <= 1.01e6
+            p = lc.relative_pose.pose.position
+            assert np.linalg.norm([p.x, p.y, p.z]) == pytest.approx(1.0, abs=0.6)  # the base origins' offset
         correct = 0
         for lc in loops:
             q = lc.query_stamp.sec - QUERY_T0
@@ -91,9 +106,9 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
             assert lc.match_pose.position.y == pytest.approx(0.0)
             assert lc.query_pose_valid and lc.query_pose.position.x == pytest.approx(q)
             assert lc.query_pose.position.y == pytest.approx(0.5)
-            assert lc.consistent_matches >= 3 and lc.header.frame_id == "map"
+            assert lc.consistent_matches >= 3 and lc.header.frame_id == "odom"  # the odometry's frame
             correct += ref in corridor_gt[q]
-        assert correct / len(loops) >= 0.9
+        assert correct >= len(loops) - 1  # single-frame: a near miss (1 frame outside +-2) may remain
         dbg = t.wait_for("match_image", 1, 5)
         assert dbg and dbg[-1].encoding == "rgb8" and dbg[-1].width > dbg[-1].height
 

@@ -260,7 +260,8 @@ class LoopClosureFilter:
         window = c.consistency_window if window is None else window
         if radius_m > 0 and a.pose is not None and b.pose is not None:
             return a.pose.distance_to(b.pose) <= radius_m
-        return a.session == b.session and abs(a.keyframe_id - b.keyframe_id) <= window
+        # ids are a neighbourhood along one camera's keyframes (several cameras interleave their ids)
+        return a.session == b.session and a.frame_id == b.frame_id and abs(a.keyframe_id - b.keyframe_id) <= window
 
     def suppressed(self, candidate: LoopCandidate) -> bool:
         """An earlier published closure already links this neighbourhood (one closure per revisit)."""

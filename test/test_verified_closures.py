@@ -1,0 +1,177 @@
+"""Loop closures a SLAM back-end can use (#15), through PlaceRecognizer with the encoder's own
+keypoints stored in the map: corridor as two traversals (precision, one closure per revisited
+stretch, wrong candidates rejected by geometry) and TUM fr2/desk (relative poses against the
+motion-capture ground truth)."""
+
+import numpy as np
+import pytest
+
+from anyloc_ros.core.database import PlaceDatabase
+from anyloc_ros.core.geometry import Pose, pose_matrix, rotation_matrix
+from anyloc_ros.core.images import list_images, load_image
+from anyloc_ros.core.loop_closure import KeyframeGateConfig, LoopClosureConfig
+from anyloc_ros.core.mapping import Mapper
+from anyloc_ros.core.recognition import PlaceRecognizer
+from anyloc_ros.core.rerank import PatchCompressor
+from anyloc_ros.core.sequence import SequenceConfig
+from anyloc_ros.core.types import LocalFeatures
+from anyloc_ros.core.verification import VerificationConfig, base_relative_pose
+
+from .conftest import CORRIDOR, TUM_DESK, require
+
+pytestmark = pytest.mark.realdata
+S = 10**9
+TUM_K = np.array([[520.9, 0.0, 325.1], [0.0, 521.0, 249.7], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def corridor_frames(xfeat_encoder):
+    """What the encoder node publishes for each corridor image: descriptor, patches, 512 keypoints."""
+    require(CORRIDOR)
+    comp = PatchCompressor(64)
+    return {s: [xfeat_encoder.encode_frame(load_image(p), comp, keypoints=512) for p in list_images(CORRIDOR / s)]
+            for s in ("ref", "query")}
+
+
+def two_traversals(tmp_path, frames, loop: LoopClosureConfig, sequence: bool = True,
+                   verification: VerificationConfig | None = None, map_local=None):
+    """The demo's run in the core: the map traversal as one session, then the query traversal as
+    a second (matching earlier sessions only), 1 frame/s, 1 m apart. Returns (query index, ref
+    index, LoopCandidate) per published closure, and all results."""
+    db = PlaceDatabase(tmp_path, {"backbone": "xfeat", "dim": len(frames["ref"][0].descriptor)}, durable=False)
+    rec = PlaceRecognizer(db, loop, SequenceConfig(enable=sequence), verification)
+    mapper = Mapper(db, KeyframeGateConfig(min_distance_m=0.5))
+    loops, results = [], []
+    for split, t0, y in (("ref", 1000, 0.0), ("query", 5000, 0.5)):
+        mapper.new_session(split)
+        for i, f in enumerate(frames[split]):
+            stamp, pose = (t0 + i) * S, Pose(float(i), y, 0.0)
+            res = rec.recognize(f.descriptor, stamp, pose, f.patches, exclude_current_session=True, local=f.local,
+                                camera="cam")
+            if split == "query":
+                results.append(res)
+                if res.loop:
+                    loops.append((i, res.loop.match.keyframe_id - 1, res.loop))
+            local = f.local if map_local is None else map_local(split, i)
+            kid, _ = mapper.offer(f.descriptor, stamp, "cam", pose, f.patches, local=local)
+            rec.observe_keyframe(kid, stamp, pose)
+    db.close()
+    return loops, results
+
+
+def coverage(loops, gt, window):
+    """Revisited places (queries with a true map place) whose place lies within `window` map
+    frames of a correct closure's keyframe: the back-end holds a constraint for that stretch."""
+    good = [ref for i, ref, _ in loops if ref in gt[i]]
+    return float(np.mean([any(min(abs(g - ref) for g in gt[i]) <= window for ref in good) for i in range(len(gt))]))
+
+
+def test_corridor_verified_closures_one_per_revisit(tmp_path, corridor_frames, corridor_gt):
+    """Defaults (min_score 0.2, verification, suppress_window 10) with sequence matching, as the
+    demo runs: every closure correct and verified, one per revisited stretch of the map, and
+    every revisited place covered. Measured 2026-11-23: 8 closures, all correct, coverage 1.0
+    (the appearance-only stream: 94 closures at precision 0.957)."""
+    cfg = LoopClosureConfig()
+    loops, results = two_traversals(tmp_path, corridor_frames, cfg)
+    correct = sum(ref in corridor_gt[i] for i, ref, _ in loops)
+    cov = coverage(loops, corridor_gt, cfg.suppress_window)
+    print(f"corridor verified closures: {len(loops)}, correct {correct}, coverage {cov:.2f}, suppressed "
+          f"{sum(r.suppressed for r in results)}, rejected {sum(r.rejected is not None for r in results)}")
+    assert loops and correct == len(loops)
+    assert cov >= 0.9
+    # one per revisit: at most one per suppress_window map frames traversed, and no two closures
+    # to one neighbourhood within suppress_s
+    assert len(loops) <= len(corridor_gt) // cfg.suppress_window + 2
+    for a in range(len(loops)):
+        for b in range(a + 1, len(loops)):
+            assert abs(loops[a][1] - loops[b][1]) > cfg.suppress_window or loops[b][0] - loops[a][0] >= cfg.suppress_s
+    for _, _, lc in loops:  # every closure geometrically verified (no intrinsics: no relative pose)
+        assert lc.verification is not None and lc.verification.verified
+        assert lc.verification.inliers >= VerificationConfig().min_inliers and lc.verification.pose is None
+
+
+def test_corridor_wrong_places_are_rejected_by_geometry(tmp_path, corridor_frames, corridor_gt):
+    """The map's keypoints swapped for those of a place 40-70 frames away (a store that is not
+    what it claims, or perceptual aliasing taken to the limit): appearance still confirms
+    candidates, geometry rejects almost all (a 160x120 corridor has look-alike stretches: 3% of
+    wrong pairs pass 36 inliers, test_verification.py); with verification off all are published."""
+    rng = np.random.default_rng(1)
+    shift = {i: int((i + rng.integers(40, 70)) % 111) for i in range(111)}
+
+    def wrong(split, i):
+        return corridor_frames[split][shift[i]].local if split == "ref" else corridor_frames[split][i].local
+
+    loops, results = two_traversals(tmp_path / "a", corridor_frames, LoopClosureConfig(), map_local=wrong)
+    rejected = [r for r in results if r.rejected is not None]
+    off, _ = two_traversals(tmp_path / "b", corridor_frames, LoopClosureConfig(), map_local=wrong,
+                            verification=VerificationConfig(enable=False))
+    print(f"wrong keypoints: {len(loops)} closures verified, {len(rejected)} rejected; unverified: {len(off)}")
+    assert len(rejected) >= 20 and all(not r.rejected.verified for r in rejected)
+    assert len(loops) <= 3 and len(off) >= 5 and all(lc.verification is None for _, _, lc in off)
+
+
+def test_single_frame_closures_with_verification(tmp_path, corridor_frames, corridor_gt):
+    """Without sequences: geometry cannot tell a corridor frame 3 m ahead from 1 m ahead (no
+    scale), so the near misses of appearance (1 frame outside the +-2 ground truth) stay.
+    Measured 2026-11-23: 8-9 closures, 0-1 near miss."""
+    loops, _ = two_traversals(tmp_path, corridor_frames, LoopClosureConfig(), sequence=False)
+    wrong = [(i, ref) for i, ref, _ in loops if ref not in corridor_gt[i]]
+    print(f"single-frame verified closures: {len(loops)}, wrong {wrong}")
+    assert len(loops) >= 5 and len(wrong) <= 1
+    assert all(min(abs(ref - g) for g in corridor_gt[i]) <= 2 for i, ref in wrong)  # near misses only
+    assert coverage(loops, corridor_gt, 10) >= 0.9
+
+
+def test_tum_closures_carry_relative_poses_against_ground_truth(tmp_path, xfeat_encoder):
+    """TUM fr2/desk frames 0, 5, 10, 15 mapped with intrinsics and a camera mount; every other
+    frame queried in a second session (consistency 1). Every published closure carries a
+    verified relative pose of the robot base frames; its rotation is compared with the ground
+    truth (the mount's rotation undone)."""
+    require(TUM_DESK)
+    paths = list_images(TUM_DESK / "rgb")
+    gt = np.loadtxt(TUM_DESK / "groundtruth.txt", comments="#")
+    mount = Pose(0.1, 0.0, 0.3, 0.5, -0.5, 0.5, -0.5)  # an optical frame on a base (z forward -> x forward)
+
+    def cam_pose(p):
+        g = gt[np.argmin(np.abs(gt[:, 0] - float(p.stem)))]
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = rotation_matrix(g[4:8]), g[1:4]
+        return T
+
+    frames = []
+    for p in paths:
+        enc = xfeat_encoder.encode_frame(load_image(p), keypoints=512)
+        enc.local = LocalFeatures(enc.local.keypoints, enc.local.descriptors, enc.local.scores, enc.local.image_size,
+                                  TUM_K, mount)
+        frames.append(enc)
+    mapped = [0, 5, 10, 15]
+    db = PlaceDatabase(tmp_path, {"backbone": "xfeat", "dim": len(frames[0].descriptor)}, durable=False)
+    cfg = LoopClosureConfig(consistency=1, exclude_recent_count=0, exclude_recent_s=0, suppress_window=0, top_k=4)
+    rec = PlaceRecognizer(db, cfg)
+    db.new_session("map")
+    ids = {db.add(frames[i].descriptor, i * S, "cam", local=frames[i].local): i for i in mapped}
+    db.new_session("query")
+    errors, published = [], 0
+    M = pose_matrix(mount)
+    for j in range(len(paths)):
+        if j in mapped:
+            continue
+        res = rec.query(frames[j].descriptor, (100 + j) * S, local=frames[j].local, camera="cam")
+        if res.loop is None:
+            continue
+        published += 1
+        v = res.loop.verification
+        assert v is not None and v.verified and v.pose is not None  # every closure: a verified relative pose
+        rel, cov = base_relative_pose(v.pose, mount, mount)
+        assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > -1e-9)
+        i = ids[res.loop.match.keyframe_id]
+        # ground truth: base = camera M^-1, so base_j in base_i = M (cam_i^-1 cam_j) M^-1
+        T_gt = M @ np.linalg.inv(cam_pose(paths[i])) @ cam_pose(paths[j]) @ np.linalg.inv(M)
+        R_err = pose_matrix(rel)[:3, :3].T @ T_gt[:3, :3]
+        errors.append(np.degrees(np.arccos(np.clip((np.trace(R_err) - 1) / 2, -1, 1))))
+    db.close()
+    print(f"TUM closures with relative pose: {published}, rotation error median {np.median(errors):.2f} deg "
+          f"(max {max(errors):.2f})")
+    # measured 2026-11-23: 16 closures, median 0.37 deg, max 1.11 deg
+    assert published >= 10
+    assert np.median(errors) < 2.0 and max(errors) < 4.0
