@@ -164,6 +164,8 @@ def test_tum_closures_carry_relative_poses_against_ground_truth(tmp_path, xfeat_
         assert v is not None and v.verified and v.pose is not None  # every closure: a verified relative pose
         rel, cov = base_relative_pose(v.pose, mount, mount)
         assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > -1e-9)
+        sigma = np.degrees(np.sqrt(np.diag(cov)[3:]))  # rotation: from the fit, of the right order
+        assert np.all((sigma > 0.001) & (sigma < 5.0)), sigma
         i = ids[res.loop.match.keyframe_id]
         # ground truth: base = camera M^-1, so base_j in base_i = M (cam_i^-1 cam_j) M^-1
         T_gt = M @ np.linalg.inv(cam_pose(paths[i])) @ cam_pose(paths[j]) @ np.linalg.inv(M)

@@ -209,12 +209,13 @@ def base_relative_pose(rel: RelativePose, query_mount: Pose | None = None, match
         return Mm @ np.linalg.inv(T) @ Mq_inv  # T_bm_bq = T_bm_cm T_cm_cq T_cq_bq
 
     T0 = compose(np.zeros(6))
-    eps = 1e-6
+    eps = 1e-5
 
     def delta(p: np.ndarray) -> np.ndarray:
         T = compose(p)
-        w, _ = cv2.Rodrigues(T[:3, :3] @ T0[:3, :3].T)
-        return np.r_[T[:3, 3] - T0[:3, 3], w.ravel()]
+        dR = T[:3, :3] @ T0[:3, :3].T  # a small rotation: its axis-angle is the skew part (to O(eps²))
+        w = np.array([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]]) / 2
+        return np.r_[T[:3, 3] - T0[:3, 3], w]
 
     J = np.stack([(delta(e * eps) - delta(-e * eps)) / (2 * eps) for e in np.eye(6)], axis=1)
     cov = J @ rel.covariance @ J.T
