@@ -15,7 +15,7 @@ from anyloc_ros.core.recognition import PlaceRecognizer
 from anyloc_ros.core.rerank import PatchCompressor
 from anyloc_ros.core.sequence import SequenceConfig
 from anyloc_ros.core.types import LocalFeatures
-from anyloc_ros.core.verification import VerificationConfig, base_relative_pose
+from anyloc_ros.core.verification import VerificationConfig
 
 from .conftest import CORRIDOR, TUM_DESK, require
 
@@ -162,7 +162,8 @@ def test_tum_closures_carry_relative_poses_against_ground_truth(tmp_path, xfeat_
         published += 1
         v = res.loop.verification
         assert v is not None and v.verified and v.pose is not None  # every closure: a verified relative pose
-        rel, cov = base_relative_pose(v.pose, mount, mount)
+        assert v.pose.query_mount == mount and v.pose.match_mount == mount  # the keyframe's, through the map
+        rel, cov = v.pose.in_base_frames()
         assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > -1e-9)
         sigma = np.degrees(np.sqrt(np.diag(cov)[3:]))  # rotation: from the fit, of the right order
         assert np.all((sigma > 0.001) & (sigma < 5.0)), sigma

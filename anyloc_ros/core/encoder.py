@@ -157,14 +157,15 @@ class Encoder:
 
     def encode(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB images (a list, or one image) -> (B, dim) float32, rows L2-normalised."""
-        descs, _ = self._run(images, batch_size, keep_features=False)
+        descs, _, _ = self._run(images, batch_size, keep_features=False)
         return descs
 
     def encode_with_features(
         self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         """Descriptors plus each image's (h, w, D) patch features (for re-ranking / caching)."""
-        return self._run(images, batch_size, keep_features=True)
+        descs, feats, _ = self._run(images, batch_size, keep_features=True)
+        return descs, feats
 
     @property
     def provides_keypoints(self) -> bool:
@@ -176,24 +177,14 @@ class Encoder:
         """One camera frame -> descriptor, compact patches (the patch features through `compress`,
         a rerank.PatchCompressor, when given) and up to `keypoints` local features (when the
         backbone provides them) from the same network run."""
-        if keypoints <= 0 or not self.provides_keypoints:
-            desc, feats = self._run([rgb], None, keep_features=compress is not None)
-            return FrameEncoding(desc[0], compress(feats[0]) if compress is not None else None)
-        rgb = as_rgb_uint8(rgb)
-        t0 = time.perf_counter()
-        pixels = self.backbone.preprocess([rgb])
-        t1 = time.perf_counter()
-        f, heads = self.backbone.forward_with_heads(pixels)
-        t2 = time.perf_counter()
-        desc = self.aggregate(f)
-        if not np.isfinite(desc).all():
-            raise FeatureDimensionError("the encoder produced NaN/inf descriptors: the backbone's output is not finite")
-        local = xfeat_keypoints(*heads, image_size=rgb.shape[:2], top_k=keypoints)
-        t3 = time.perf_counter()
-        self.timings = EncodeTimings(t1 - t0, t2 - t1, t3 - t2, 1)
-        return FrameEncoding(desc[0], compress(f[0]) if compress is not None else None, local)
+        desc, feats, local = self._run([rgb], None, keep_features=compress is not None,
+                                       keypoints=keypoints if self.provides_keypoints else 0)
+        return FrameEncoding(desc[0], compress(feats[0]) if compress is not None else None, local[0])
 
-    def _run(self, images: Any, batch_size: int | None, keep_features: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
+    def _run(self, images: Any, batch_size: int | None, keep_features: bool, keypoints: int = 0
+             ) -> tuple[np.ndarray, list[torch.Tensor], list[LocalFeatures | None]]:
+        """Descriptors, (h, w, D) features when kept, and up to `keypoints` local features per
+        image (0: none; the backbone must have keypoint heads)."""
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
             images = [images]
         images = list(images)
@@ -203,6 +194,7 @@ class Encoder:
         bs = batch_size or self.batch_size
         out = np.empty((len(rgb), self.dim), dtype=np.float32)
         feats: list[torch.Tensor] = [None] * len(rgb)  # type: ignore[list-item]
+        local: list[LocalFeatures | None] = [None] * len(rgb)
         t = EncodeTimings(images=len(rgb))
         # Batch images of one shape together, so one batch is one network input size.
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -214,13 +206,17 @@ class Encoder:
                 t0 = time.perf_counter()
                 pixels = self.backbone.preprocess([rgb[i] for i in chunk])
                 t1 = time.perf_counter()
-                f = self.backbone.forward(pixels)
+                f, heads = self.backbone.forward_with_heads(pixels) if keypoints else (self.backbone.forward(pixels), None)
                 t2 = time.perf_counter()
                 out[chunk] = self.aggregate(f)
                 if not np.isfinite(out[chunk]).all():
                     raise FeatureDimensionError(
                         "the encoder produced NaN/inf descriptors: the backbone's output is not finite (a damaged "
                         "model, or fp16 overflow: set backbone.precision to bfloat16 or float32)")
+                if heads is not None:  # XFeat's keypoints from the same run (keypoint time counts as aggregation)
+                    for j, i in enumerate(chunk):
+                        local[i] = xfeat_keypoints(*(h[j : j + 1] for h in heads), image_size=rgb[i].shape[:2],
+                                                   top_k=keypoints)
                 t3 = time.perf_counter()
                 t.preprocess += t1 - t0
                 t.backbone += t2 - t1
@@ -229,5 +225,5 @@ class Encoder:
                     for j, i in enumerate(chunk):
                         feats[i] = f[j]
         self.timings = t
-        return out, feats
+        return out, feats, local
 

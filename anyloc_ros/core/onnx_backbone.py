@@ -158,16 +158,11 @@ class OnnxBackbone:
         except Exception as exc:  # onnxruntime's own exception types: wrong input type, size, ...
             raise FeatureDimensionError(f"ONNX model {self.model_path.name} failed on a {tuple(x.shape)} input: "
                                         f"{str(exc)[:300]}") from exc
-        outs = [r[0] for r in runs]
-        heads = None
-        if len(names) == 3:
-            heads = tuple(torch.from_numpy(np.concatenate([r[j] for r in runs], axis=0)) for j in range(3))
-        out = torch.from_numpy(np.concatenate(outs, axis=0))
+        out, *extra = (torch.from_numpy(np.concatenate([r[j] for r in runs], axis=0)) for j in range(len(names)))
         if out.ndim != 4:
             raise FeatureDimensionError(f"ONNX model {self.model_path.name} gave a rank-{out.ndim} output "
                                         f"{tuple(out.shape)}; a dense feature map has rank 4")
-        if heads is not None:
-            heads = (out, heads[1], heads[2])
+        heads = (out, *extra) if extra else None  # the descriptor map as the network gave it (NCHW)
         if self.output_layout == "nchw":
             out = out.permute(0, 2, 3, 1)
         return out.float().contiguous(), heads

@@ -82,6 +82,12 @@ class RelativePose:
     translation: np.ndarray  # (3,): a unit direction when scale_known is False
     covariance: np.ndarray  # (6, 6): x, y, z, rotation about x, y, z
     scale_known: bool = False
+    query_mount: Pose | None = None  # each camera's pose in its robot base frame (None: identity)
+    match_mount: Pose | None = None
+
+    def in_base_frames(self) -> tuple[Pose, np.ndarray]:
+        """The edge between the robot base frames: see `base_relative_pose`."""
+        return base_relative_pose(self, self.query_mount, self.match_mount)
 
 
 @dataclass
@@ -137,7 +143,7 @@ def verify(query: LocalFeatures, keyframe: LocalFeatures, camera_matrix: np.ndar
         return Verification(False, n, inliers)
     t = t.ravel() / np.linalg.norm(t)
     cov = pose_covariance(R, t, xk[keep], xq[keep], f)
-    return Verification(True, n, inliers, RelativePose(R, t, cov))
+    return Verification(True, n, inliers, RelativePose(R, t, cov, False, query.camera_mount, keyframe.camera_mount))
 
 
 def _normalised(p: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -26,13 +26,14 @@ from rclpy.node import Node
 
 from ..core.database import PlaceDatabase
 from ..core.errors import AnyLocError
+from ..core.geometry import Pose, pose_from_matrix, pose_matrix, rotation_matrix
 from ..core.loop_closure import LoopClosureConfig
 from ..core.map_index import IndexConfig
 from ..core.params import MapSettings, PoseSettings, RecognitionSettings
 from ..core.recognition import PlaceRecognizer, RecognitionResult
 from ..core.sequence import SequenceConfig
 from ..core.types import DescriptorFrame
-from ..core.verification import VerificationConfig, base_relative_pose
+from ..core.verification import VerificationConfig
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
 from .descriptor_msg import accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error
@@ -175,11 +176,12 @@ class RecognitionNode(Node):
         self.match_pub.publish(m)
         best = result.matches[0] if result.matches else None
         if result.loop is not None:
-            msg = self._loop_closure_msg(frame, result, h)
+            v = result.loop.verification
+            edge = v.pose.in_base_frames() if v is not None and v.pose is not None else None
+            msg = self._loop_closure_msg(frame, result, h, edge)
             self.loop_pub.publish(msg)
             self.stats.inc("loop_closures")
             lc, q = result.loop, result.query
-            v = lc.verification
             self.get_logger().info(
                 f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} (score {lc.match.score:.3f}, "
                 f"{lc.consistent} consistent, " + (f"verified: {v.inliers} inliers" if v is not None else "unverified")
@@ -188,14 +190,15 @@ class RecognitionNode(Node):
                 self._publish_markers(h, q.pose, lc.match.pose)
             if self.reloc_pub is not None and lc.match.pose is not None \
                     and lc.match.score >= self.settings.relocalization_min_score:
-                self._publish_relocalization(h, lc.match.pose, msg.relative_pose if msg.relative_pose_valid else None)
+                self._publish_relocalization(h, lc.match.pose, edge)
         elif not self.settings.relocalization_requires_loop and self.reloc_pub is not None and best is not None \
                 and best.pose is not None and best.score >= self.settings.relocalization_min_score:
             self._publish_relocalization(h, best.pose, None)  # one frame's appearance alone: unverified
         if self.image_pub is not None and best is not None and frame.thumbnail:
             self._publish_debug_image(frame, best, header)
 
-    def _loop_closure_msg(self, frame: DescriptorFrame, result: RecognitionResult, h: Any) -> Any:
+    def _loop_closure_msg(self, frame: DescriptorFrame, result: RecognitionResult, h: Any,
+                          edge: tuple[Pose, np.ndarray] | None) -> Any:
         from builtin_interfaces.msg import Time
         from geometry_msgs.msg import Pose as PoseMsg
 
@@ -214,17 +217,15 @@ class RecognitionNode(Node):
         v = lc.verification
         if v is not None:
             msg.verified, msg.keypoint_matches, msg.inliers = v.verified, int(v.matches), int(v.inliers)
-            if v.pose is not None:
-                kf = self.recognizer.db.local_features(lc.match.keyframe_id)
-                rel, cov = base_relative_pose(v.pose, frame.local.camera_mount if frame.local else None,
-                                              kf.camera_mount if kf is not None else None)
+            if edge is not None:
+                rel, cov = edge
                 msg.relative_pose_valid = True
                 msg.relative_pose.pose = pose_to_msg(rel, PoseMsg)
                 msg.relative_pose.covariance = [float(c) for c in cov.ravel()]
                 msg.scale_known = bool(v.pose.scale_known)
         return msg
 
-    def _publish_relocalization(self, h: Any, keyframe_pose: Any, relative: Any) -> None:
+    def _publish_relocalization(self, h: Any, keyframe_pose: Pose, edge: tuple[Pose, np.ndarray] | None) -> None:
         """The query's pose from the matched keyframe's: with a verified relative pose, its
         orientation is the keyframe's composed with the fitted rotation and the orientation
         covariance is the fit's; the position stays the keyframe's (monocular: the distance is
@@ -232,23 +233,20 @@ class RecognitionNode(Node):
         from geometry_msgs.msg import Pose as PoseMsg
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
-        from ..core.geometry import pose_from_matrix, pose_matrix, rotation_matrix
-
         msg = PoseWithCovarianceStamped(header=h)
         var = self.settings.relocalization_covariance
         cov = np.zeros((6, 6))
         cov[[0, 1, 2], [0, 1, 2]] = var
         pose = keyframe_pose
-        if relative is None:
+        if edge is None:
             cov[[3, 4, 5], [3, 4, 5]] = 0.1 * var
         else:
-            o = relative.pose.orientation
-            R_rel = rotation_matrix([o.x, o.y, o.z, o.w])
+            rel, rel_cov = edge
             T = pose_matrix(keyframe_pose)
-            T[:3, :3] = T[:3, :3] @ R_rel
+            R_kf = T[:3, :3].copy()  # rotation covariance: match base frame -> pose frame
+            T[:3, :3] = R_kf @ rotation_matrix(rel.quaternion)
             pose = pose_from_matrix(T)
-            R_kf = pose_matrix(keyframe_pose)[:3, :3]  # rotation covariance: match base frame -> pose frame
-            cov[3:, 3:] = R_kf @ np.asarray(relative.covariance).reshape(6, 6)[3:, 3:] @ R_kf.T
+            cov[3:, 3:] = R_kf @ rel_cov[3:, 3:] @ R_kf.T
         msg.pose.pose = pose_to_msg(pose, PoseMsg)
         msg.pose.covariance = cov.ravel().tolist()
         self.reloc_pub.publish(msg)

@@ -52,6 +52,7 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
     from ..core.config import EncoderConfig
     from ..core.encoder import build_backbone
     from ..core.images import load_image
+    from ..core.loop_closure import LoopClosureConfig
     from ..core.vocabulary import build_vocabulary
     from ..eval.datasets import load_folder_dataset
     from .ros_driver import DriverNode, NodeProcess, isolated_dds_env, publish_traversal, write_params
@@ -125,7 +126,7 @@ def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu
     correct = [lc for lc in loops if (lc.match_stamp.sec - 1000) in ds.positives[lc.query_stamp.sec - 5000]]
     # one closure per revisited stretch: a revisited place counts as recalled when a correct
     # closure links the map within loop.suppress_window keyframes of it (the stretch it suppresses)
-    window = 10  # loop.suppress_window's default; the demo does not change it
+    window = LoopClosureConfig().suppress_window  # the demo keeps the default
     linked = [lc.match_stamp.sec - 1000 for lc in correct]
     revisits = [i for i in range(len(queries)) if ds.positives[i]]
     covered = [i for i in revisits if any(min(abs(g - m) for g in ds.positives[i]) <= window for m in linked)]
