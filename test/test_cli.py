@@ -66,7 +66,8 @@ def test_export_onnx_command_roundtrip(tmp_path):
     assert "layer 2 facet value" in r.stdout and (tmp_path / "x.json").is_file()
     onnx_bb = OnnxBackbone(tmp_path / "x.onnx", output_layout="nhwc", mean=(0.485, 0.456, 0.406),
                            std=(0.229, 0.224, 0.225), max_side=70, device="cpu")
-    ref = Dinov2Backbone(str(tmp_path / "tiny"), layer=2, facet="value", max_side=70, device="cpu")
+    ref = Dinov2Backbone(str(tmp_path / "tiny"), layer=2, facet="value", max_side=70, device="cpu",
+                         precision="float32")  # what export-onnx exports
     img = np.random.default_rng(0).integers(0, 255, (42, 70, 3), dtype=np.uint8)
     torch.testing.assert_close(onnx_bb.extract([img]), ref.extract([img]), atol=1e-4, rtol=1e-4)
     bad = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "y.onnx"),

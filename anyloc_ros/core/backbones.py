@@ -8,14 +8,23 @@ Two implementations share the `DenseBackbone` interface:
 * `OnnxBackbone` (onnx_backbone.py) — any dense-feature network exported to ONNX, on
   onnxruntime: XFeat, or a DINOv2 extractor made by `anyloc export-onnx`.
 
-CLS and register tokens are dropped; every backbone returns float32 CPU tensors.
+CLS and register tokens are dropped. `features()` is the network alone and leaves its output
+where it was computed (the GPU on a CUDA robot, in the compute precision), so the encoder can
+aggregate there and copy back only the descriptor; `forward()` is the same as float32 on the host.
+
+Precision policy (`precision: auto`): float16 on CUDA; on a CPU with native bfloat16 (AVX512-BF16
+or AMX) bfloat16, else float32. float32 on CUDA runs in true fp32 unless `tf32: true` (PyTorch lets
+cuDNN run the patch-embedding convolution in TF32 by default: 8e-4 from the CPU's features instead
+of 3e-6). Trained ViT-G/14 has activations beyond fp16's range in places; non-finite features are
+reported with the setting to change (`nonfinite_hint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,8 +74,12 @@ class DenseBackbone(Protocol):
 
         A batch is resized to one input size: the target size of its first image."""
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The bare network: (B, 3, h, w) pixels -> (B, h', w', D) features on the backbone's
+        device, in its compute precision."""
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The bare network: (B, 3, h, w) pixels -> float32 (B, h', w', D) features on the CPU."""
+        """`features` as float32 on the CPU."""
 
     def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """`forward(preprocess(images))`."""
@@ -93,17 +106,66 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+PREPROCESS_PLACES = ("auto", "host", "device")
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe
+        return False
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' -> float16 on CUDA, float32 on CPU; or an explicit float32/float16/bfloat16."""
+    """'auto' -> float16 on CUDA, bfloat16 on a CPU with native bf16, else float32; or an
+    explicit float32/float16/bfloat16."""
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if precision not in table:
-        raise ConfigError(f"precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float16" and device.type == "cpu":
         log.warning("float16 on CPU is slow and poorly supported; using float32")
         return torch.float32
     return table[precision]
+
+
+def nonfinite_hint(dtype: torch.dtype) -> str:
+    """What to change when a backbone gives NaN/inf features in `dtype`."""
+    if dtype == torch.float16:
+        return ("float16 overflow (trained ViT-G/14 has activations beyond fp16's range): set backbone.precision "
+                "to bfloat16 (same range as float32, as fast on recent GPUs) or float32")
+    return "the model weights or inputs are damaged (this happens in float32/bfloat16 only with a broken model)"
+
+
+@contextlib.contextmanager
+def fp32_math(device: torch.device, allow_tf32: bool) -> Iterator[None]:
+    """float32 convolutions and matrix products on CUDA in true fp32 (IEEE) or TF32, for the
+    duration of one forward; the process-wide settings are restored after it."""
+    if device.type != "cuda":
+        yield
+        return
+    mode = "tf32" if allow_tf32 else "ieee"
+    conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision, matmul.fp32_precision = mode, mode
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:  # older torch: the legacy switches (mixing the two APIs is an error in newer ones)
+        saved = (torch.backends.cudnn.allow_tf32, matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = allow_tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _find_projection(block: nn.Module, facet: str) -> nn.Module:
@@ -188,8 +250,15 @@ class Dinov2Backbone:
         max_side: longer image side for resize "aspect".
         image_size: (h, w) for resize "fixed" or "anyloc".
         device: "auto", "cpu", "cuda" or "cuda:N".
-        precision: "auto" (fp16 on CUDA, fp32 on CPU), "float32", "float16", "bfloat16".
+        precision: "auto" (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), "float32",
+            "float16", "bfloat16".
         registers: with a size key, use the with-registers checkpoint.
+        preprocess: where images are resized and normalised: "host" (OpenCV), "device" (torch on
+            the backbone's device, after a uint8 upload) or "auto" (device on CUDA, else host).
+        tf32: let float32 on CUDA use TF32 tensor cores (faster, ~1e-3 relative error).
+        compile: "none", or a `torch.compile` mode ("default", "reduce-overhead" = CUDA graphs on
+            CUDA, "max-autotune"): compiled on the first image of each input size (seconds to
+            minutes of start-up), worth it for batch-1 latency on a GPU.
     """
 
     kind = "dinov2"
@@ -205,7 +274,14 @@ class Dinov2Backbone:
         precision: str = "auto",
         registers: bool = False,
         resize: str = "aspect",
+        preprocess: str = "auto",
+        tf32: bool = False,
+        compile: str = "none",
     ) -> None:
+        if preprocess not in PREPROCESS_PLACES:
+            raise ConfigError(f"preprocess must be one of {PREPROCESS_PLACES}, got {preprocess!r}")
+        if compile not in COMPILE_MODES:
+            raise ConfigError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
         if facet not in FACETS:
             raise ConfigError(f"facet must be one of {FACETS}, got {facet!r}")
         size = DINOV2_SIZES.get(model)
@@ -229,6 +305,15 @@ class Dinov2Backbone:
         self.dtype = resolve_dtype(precision, self.device)
         self.extractor = Dinov2FacetExtractor(net, self.layer, facet).to(self.device, self.dtype).eval()
         del net  # blocks after `layer` and the final norm are never needed
+        self.preprocess_on_device = preprocess == "device" or (preprocess == "auto" and self.device.type == "cuda")
+        self.tf32 = bool(tf32)
+        self.compile_mode = compile
+        self._network: nn.Module = self.extractor
+        if compile != "none":
+            log.info("compiling the DINOv2 extractor (torch.compile mode %s): the first image of each input size "
+                     "takes seconds to minutes", compile)
+            self._network = torch.compile(self.extractor, mode=None if compile == "default" else compile,
+                                          dynamic=False)
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         return self.resize.input_size(height, width)
@@ -237,14 +322,23 @@ class Dinov2Backbone:
         return self.resize.name
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Validated, resized, ImageNet-normalised (B, 3, h, w) float32 CPU tensor."""
-        return self.resize([as_rgb_uint8(im) for im in images], IMAGENET_MEAN, IMAGENET_STD)
+        """Validated, resized, ImageNet-normalised (B, 3, h, w) pixels: float32 on the host, or
+        already on the device in the compute precision (`preprocess_on_device`)."""
+        rgb = [as_rgb_uint8(im) for im in images]
+        if self.preprocess_on_device:
+            return self.resize.on_device(rgb, self.device, IMAGENET_MEAN, IMAGENET_STD, self.dtype)
+        return self.resize(rgb, IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.inference_mode()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The bare backbone: normalised pixels -> (B, h, w, D) features on the device, in the
+        compute precision (nothing is copied back)."""
+        with fp32_math(self.device, self.tf32):
+            return self._network(pixels.to(self.device, self.dtype, non_blocking=True))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The bare backbone: normalised pixels -> (B, h, w, D) float32 CPU features."""
-        out = self.extractor(pixels.to(self.device, self.dtype, non_blocking=True))
-        return out.float().cpu()
+        """`features` as float32 on the CPU (vocabulary building, tests)."""
+        return self.features(pixels).float().cpu()
 
     def extract(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return self.forward(self.preprocess(images))

@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from .backbones import DINOV2_SIZES, FACETS
+from .backbones import COMPILE_MODES, DINOV2_SIZES, FACETS, PRECISIONS, PREPROCESS_PLACES
 from .errors import ConfigError
 from .images import RESIZE_MODES
 from .settings import setting
@@ -68,7 +68,11 @@ class BackboneConfig:
     layer: int | None = None
     facet: str = "value"
     registers: bool = False
+    # auto: float16 on CUDA, bfloat16 on a CPU with native bf16 (AVX512-BF16 / AMX), else float32
     precision: str = "auto"
+    tf32: bool = False  # float32 on CUDA may use TF32 tensor cores (~1e-3 relative error)
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune (torch.compile)
+    preprocess: str = "auto"  # where images are resized/normalised: auto (device on CUDA) | host | device
     # onnx
     model_path: str | None = None
     input_name: str | None = None
@@ -90,6 +94,9 @@ class BackboneConfig:
             raise ConfigError(f"backbone.type must be 'dinov2' or 'onnx', got {self.type!r}")
         if self.facet not in FACETS:
             raise ConfigError(f"backbone.facet must be one of {FACETS}, got {self.facet!r}")
+        for name, allowed in (("precision", PRECISIONS), ("compile", COMPILE_MODES), ("preprocess", PREPROCESS_PLACES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"backbone.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.type == "onnx" and not self.model_path:
             raise ConfigError("backbone.model_path is required for an onnx backbone")
         if self.max_side < 14:

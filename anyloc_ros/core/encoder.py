@@ -6,6 +6,10 @@
 `signature()` says exactly which features a descriptor is made of (backbone, layer, facet,
 vocabulary hash, PCA hash, dim); maps and evaluation caches record it so descriptors from
 different encoders are never mixed.
+
+On a GPU everything after the upload of the uint8 images stays there: preprocessing, the
+network, VLAD / GeM, PCA, normalisation and the compact re-ranking patches; only descriptors
+(and the patches, when asked) come back. `timings.host_bytes` counts what came back.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .aggregation import VLAD, GeM
-from .backbones import DenseBackbone, Dinov2Backbone
+from .backbones import DenseBackbone, Dinov2Backbone, nonfinite_hint
 from .config import EncoderConfig
 from .errors import ConfigError, FeatureDimensionError, ImageError
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
@@ -39,6 +43,7 @@ def build_backbone(cfg: EncoderConfig) -> DenseBackbone:
             model=b.model, layer=b.layer, facet=b.facet, max_side=b.max_side,
             image_size=tuple(b.image_size) if b.image_size else None,
             device=b.device, precision=b.precision, registers=b.registers, resize=b.resize,
+            preprocess=b.preprocess, tf32=b.tf32, compile=b.compile,
         )
     return OnnxBackbone(
         b.model_path, input_name=b.input_name, output_name=b.output_name,
@@ -66,6 +71,7 @@ class EncodeTimings:
     backbone: float = 0.0
     aggregate: float = 0.0
     images: int = 0
+    host_bytes: int = 0  # bytes of results brought back from the device (descriptors, patches, features)
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -149,22 +155,25 @@ class Encoder:
 
     def aggregate(self, features: torch.Tensor) -> np.ndarray:
         """(B, h, w, D) or (B, N, D) patch features -> (B, dim) descriptors."""
+        return self.aggregate_tensor(features).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def aggregate_tensor(self, features: torch.Tensor) -> torch.Tensor:
+        """`aggregate` on the features' device: (B, dim) float32 tensor, rows L2-normalised."""
         x = features.reshape(features.shape[0], -1, features.shape[-1])
         desc = self.aggregator.aggregate_batch_tensor(x)
         if self.pca is not None:
             desc = F.normalize(self.pca.transform_tensor(desc), dim=-1)
-        return desc.detach().cpu().numpy().astype(np.float32, copy=False)
+        return desc
 
     def encode(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB images (a list, or one image) -> (B, dim) float32, rows L2-normalised."""
-        descs, _, _ = self._run(images, batch_size, keep_features=False)
-        return descs
+        return self._run(images, batch_size, keep_features=False)[0]
 
     def encode_with_features(
         self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         """Descriptors plus each image's (h, w, D) patch features (for re-ranking / caching)."""
-        descs, feats, _ = self._run(images, batch_size, keep_features=True)
+        descs, feats, _, _ = self._run(images, batch_size, keep_features=True)
         return descs, feats
 
     @property
@@ -177,14 +186,17 @@ class Encoder:
         """One camera frame -> descriptor, compact patches (the patch features through `compress`,
         a rerank.PatchCompressor, when given) and up to `keypoints` local features (when the
         backbone provides them) from the same network run."""
-        desc, feats, local = self._run([rgb], None, keep_features=compress is not None,
-                                       keypoints=keypoints if self.provides_keypoints else 0)
-        return FrameEncoding(desc[0], compress(feats[0]) if compress is not None else None, local[0])
+        desc, _, local, patches = self._run([rgb], None, keep_features=False, compress=compress,
+                                            keypoints=keypoints if self.provides_keypoints else 0)
+        return FrameEncoding(desc[0], patches[0], local[0])
 
-    def _run(self, images: Any, batch_size: int | None, keep_features: bool, keypoints: int = 0
-             ) -> tuple[np.ndarray, list[torch.Tensor], list[LocalFeatures | None]]:
-        """Descriptors, (h, w, D) features when kept, and up to `keypoints` local features per
-        image (0: none; the backbone must have keypoint heads)."""
+    def _run(self, images: Any, batch_size: int | None, keep_features: bool, keypoints: int = 0,
+             compress: Callable[[torch.Tensor], np.ndarray] | None = None
+             ) -> tuple[np.ndarray, list[torch.Tensor], list[LocalFeatures | None], list[np.ndarray | None]]:
+        """Descriptors; (h, w, D) float32 host features when kept; up to `keypoints` local features
+        per image (0: none; the backbone must have keypoint heads); compact patches when a
+        compressor is given. Features stay on the backbone's device: only descriptors, compact
+        patches and features that were asked for are brought back (`timings.host_bytes`)."""
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
             images = [images]
         images = list(images)
@@ -195,6 +207,7 @@ class Encoder:
         out = np.empty((len(rgb), self.dim), dtype=np.float32)
         feats: list[torch.Tensor] = [None] * len(rgb)  # type: ignore[list-item]
         local: list[LocalFeatures | None] = [None] * len(rgb)
+        patches: list[np.ndarray | None] = [None] * len(rgb)
         t = EncodeTimings(images=len(rgb))
         # Batch images of one shape together, so one batch is one network input size.
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -205,25 +218,39 @@ class Encoder:
                 chunk = idx[s : s + bs]
                 t0 = time.perf_counter()
                 pixels = self.backbone.preprocess([rgb[i] for i in chunk])
+                _sync(pixels)
                 t1 = time.perf_counter()
-                f, heads = self.backbone.forward_with_heads(pixels) if keypoints else (self.backbone.forward(pixels), None)
+                f, heads = self.backbone.forward_with_heads(pixels) if keypoints else (self.backbone.features(pixels), None)
+                _sync(f)
                 t2 = time.perf_counter()
-                out[chunk] = self.aggregate(f)
-                if not np.isfinite(out[chunk]).all():
+                desc = self.aggregate_tensor(f).cpu().numpy()
+                t.host_bytes += desc.nbytes
+                if not np.isfinite(desc).all():
                     raise FeatureDimensionError(
-                        "the encoder produced NaN/inf descriptors: the backbone's output is not finite (a damaged "
-                        "model, or fp16 overflow: set backbone.precision to bfloat16 or float32)")
+                        f"the encoder produced NaN/inf descriptors from {f.dtype} features: "
+                        + nonfinite_hint(f.dtype))
+                out[chunk] = desc
                 if heads is not None:  # XFeat's keypoints from the same run (keypoint time counts as aggregation)
                     for j, i in enumerate(chunk):
                         local[i] = xfeat_keypoints(*(h[j : j + 1] for h in heads), image_size=rgb[i].shape[:2],
                                                    top_k=keypoints)
+                for j, i in enumerate(chunk):
+                    if compress is not None:
+                        patches[i] = compress(f[j])
+                        t.host_bytes += patches[i].nbytes
+                    if keep_features:
+                        feats[i] = f[j].float().cpu()
+                        t.host_bytes += feats[i].numel() * 4
                 t3 = time.perf_counter()
                 t.preprocess += t1 - t0
                 t.backbone += t2 - t1
                 t.aggregate += t3 - t2
-                if keep_features:
-                    for j, i in enumerate(chunk):
-                        feats[i] = f[j]
         self.timings = t
-        return out, feats, local
+        return out, feats, local, patches
 
+
+def _sync(t: torch.Tensor) -> None:
+    """Wait for a CUDA tensor's kernels, so the stage timings are the stages' (on the host a no-op;
+    on a GPU it costs a few microseconds: the descriptor copy waits anyway)."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)

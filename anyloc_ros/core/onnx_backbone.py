@@ -146,6 +146,10 @@ class OnnxBackbone:
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.forward_with_heads(pixels, with_keypoints=False)[0]
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """onnxruntime hands its outputs back as host arrays, whatever the provider: `forward`."""
+        return self.forward(pixels)
+
     def forward_with_heads(self, pixels: torch.Tensor, with_keypoints: bool = True
                            ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         """(B, h, w, D) features and, when the model has keypoint heads and they are asked for,
@@ -191,6 +195,9 @@ def export_dinov2_onnx(backbone: Dinov2Backbone, output: str | Path, height: int
     The output is (B, h, w, D) ("nhwc"); load it with `OnnxBackbone(..., output_layout="nhwc",
     mean=IMAGENET_MEAN, std=IMAGENET_STD)` or the `onnx` backbone config written beside it.
     """
+    if backbone.dtype != torch.float32:  # its weights were rounded when it was loaded
+        raise ConfigError(f"export from a float32 backbone (this one holds {backbone.dtype} weights): construct it "
+                          "with precision float32")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     extractor = backbone.extractor.float().cpu().eval()

@@ -32,22 +32,28 @@ class PatchCompressor:
         rng = np.random.default_rng(self.seed)
         d = min(self.dim, self.feature_dim)
         q, _ = np.linalg.qr(rng.normal(size=(self.feature_dim, d)))
-        self._proj = torch.from_numpy(q.astype(np.float32))  # (D, d) orthonormal columns
+        self._proj = {torch.device("cpu"): torch.from_numpy(q.astype(np.float32))}  # (D, d) orthonormal columns
 
     def signature(self) -> dict[str, int]:
         """What the compact patches depend on (cache keys)."""
         return {"feature_dim": self.feature_dim, "dim": self.dim, "grid": self.grid, "seed": self.seed}
 
-    def __call__(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(h, w, D) patch features -> (n <= grid², d) float16, rows L2-normalised."""
-        x = torch.as_tensor(features, dtype=torch.float32)
+    def compact(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(h, w, D) patch features -> (n <= grid², d) float32 rows, L2-normalised, on the
+        features' device (a GPU encoder pools and projects there, and copies back only these)."""
+        x = torch.as_tensor(features)
         if x.ndim != 3 or x.shape[-1] != self.feature_dim:
             raise ValueError(f"expected (h, w, {self.feature_dim}) patch features, got {tuple(x.shape)}")
-        x = F.normalize(x, dim=-1).permute(2, 0, 1).unsqueeze(0)  # (1, D, h, w)
+        if x.device not in self._proj:
+            self._proj[x.device] = self._proj[torch.device("cpu")].to(x.device)
+        x = F.normalize(x.float(), dim=-1).permute(2, 0, 1).unsqueeze(0)  # (1, D, h, w)
         gh, gw = min(self.grid, x.shape[2]), min(self.grid, x.shape[3])
         x = F.adaptive_avg_pool2d(x, (gh, gw)).flatten(2).squeeze(0).T  # (n, D)
-        x = F.normalize(x @ self._proj, dim=-1)
-        return x.numpy().astype(np.float16)
+        return F.normalize(x @ self._proj[x.device], dim=-1)
+
+    def __call__(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(h, w, D) patch features -> (n <= grid², d) float16 on the host, rows L2-normalised."""
+        return self.compact(features).to(torch.float16).cpu().numpy()
 
 
 def mutual_nn_count(a: np.ndarray, b: np.ndarray, min_similarity: float = 0.0) -> int:
