@@ -243,7 +243,7 @@ def test_map_refuses_descriptors_made_at_another_resolution(tmp_path, tiny_dinov
 
     def encoder(max_side):
         return Encoder.from_config({"backbone": {"type": "dinov2", "model": str(tiny_dinov2_dir), "layer": 2,
-                                                 "max_side": max_side, "device": "cpu"},
+                                                 "max_side": max_side, "device": "cpu", "precision": "float32"},
                                     "aggregation": {"type": "gem"}})
 
     small, large = encoder(56), encoder(112)
@@ -285,3 +285,76 @@ def test_index_is_written_every_save_every_keyframes(tmp_path):
     db.add_many(x[9:12], list(range(9, 12)))
     assert saved_ntotal() == 9  # an explicit save restarts the count
     db.close()
+
+
+class _Replica:
+    """Stands in for a faiss GPU index (a CPU clone): records that it answered, refuses
+    selectors as GPU indexes do."""
+
+    def __init__(self, index):
+        import faiss
+
+        self.index, self.searches = faiss.clone_index(index), 0
+
+    @property
+    def ntotal(self):
+        return self.index.ntotal
+
+    def add_with_ids(self, x, ids):
+        self.index.add_with_ids(x, ids)
+
+    def search(self, q, k, params=None):
+        assert params is None, "GPU indexes take no ID selector"
+        self.searches += 1
+        return self.index.search(q, k)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf"])
+def test_gpu_replica_answers_like_the_cpu_index(tmp_path, monkeypatch, index_type):
+    """The GPU path's bookkeeping without a GPU (faiss-gpu runs the same in test_cuda.py): the
+    replica follows adds and removes, takes unrestricted searches, answers searches restricted
+    by sessions / excluded ids / max_id by fetching more and filtering, and gives the same
+    results as the CPU index in every case."""
+    from anyloc_ros.core import map_index
+
+    monkeypatch.setattr(map_index, "gpu_count", lambda: 1)
+    monkeypatch.setattr(map_index, "copy_to_gpu", _Replica)
+    cfg = dict(type=index_type, nlist=8, ivf_min_train=200, nprobe=8)
+    x = unit(400, seed=3)
+    dbs = {}
+    for name, gpu in (("gpu", "true"), ("cpu", "false")):
+        db = PlaceDatabase(tmp_path / name, SIG, session="a", index=IndexConfig(use_gpu=gpu, **cfg))
+        db.add_many(x[:150], stamps_ns=list(range(150)))
+        db.session = "b"
+        db.add_many(x[150:], stamps_ns=list(range(150, 400)))
+        dbs[name] = db
+    gpu, cpu = dbs["gpu"], dbs["cpu"]
+    assert gpu._index.on_gpu and not cpu._index.on_gpu and gpu._index.replica.ntotal == 400
+    assert gpu._index.trained == (index_type == "ivf")
+    inner = __import__("faiss").downcast_index(gpu._index.replica.index.index)
+    assert inner.is_trained and getattr(inner, "nprobe", 8) == 8  # nprobe travels with the copy
+    q = x[::37] + 0.02
+
+    def same(**kw):
+        got, want = gpu.search(q, k=5, **kw), cpu.search(q, k=5, **kw)
+        assert [[m.keyframe_id for m in r] for r in got] == [[m.keyframe_id for m in r] for r in want], kw
+        return got
+
+    searches = gpu._index.replica.searches
+    same()
+    assert gpu._index.replica.searches == searches + 1  # the replica answered
+    res = same(exclude_ids=range(380, 401))  # recent keyframes left out
+    assert all(m.keyframe_id < 380 for r in res for m in r)
+    assert all(m.keyframe_id < 100 for r in same(max_id=100) for m in r)
+    assert all(m.session == "a" for r in same(sessions=["a"]) for m in r)
+    assert gpu._index.replica.searches > searches + 1
+    gpu.remove(range(1, 40))
+    cpu.remove(range(1, 40))
+    assert gpu._index.replica.ntotal == 361
+    same()
+    same(exclude_ids=range(300, 401))
+    gpu.close()
+    reopened = PlaceDatabase(tmp_path / "gpu", SIG, index=IndexConfig(use_gpu="true", **cfg))
+    assert reopened._index.on_gpu and reopened._index.replica.ntotal == 361  # the saved CPU index, copied again
+    cpu.close()
+    reopened.close()

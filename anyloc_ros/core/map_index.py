@@ -130,8 +130,33 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_GPU: dict[str, Any] = {}
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def copy_to_gpu(index: Any) -> Any:  # pragma: no cover - needs faiss-gpu (test_cuda.py)
+    """A copy of a CPU index on GPU 0 (one StandardGpuResources per process: its scratch memory)."""
+    import faiss
+
+    if "resources" not in _GPU:
+        _GPU["resources"] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_GPU["resources"], 0, index)
+
+
 class MapIndex:
-    """The faiss index of one map, on the CPU or (faiss-gpu) the GPU."""
+    """The faiss index of one map: a CPU index (the one saved, and searched with ID selectors)
+    and, with faiss-gpu and `use_gpu`, a replica on the GPU that takes the searches.
+
+    The replica is kept in step on every add and remove; searches restricted by IDs (sessions,
+    excluded recent keyframes, max_id: GPU indexes take no selector) fetch more neighbours from
+    the replica and filter them on the host, and go to the CPU index only when too few are left.
+    """
 
     FILE = "index.faiss"
     META = "index.json"
@@ -141,13 +166,13 @@ class MapIndex:
         self.directory, self.dim, self.config, self.map_id = directory, dim, config, map_id
         self.writable = writable  # followers keep an index in memory and never write the files
         self._unsaved = 0  # keyframes added since the index files were last written
-        self.index: Any = None
+        self.index: Any = None  # the CPU index
         self.trained = False
-        self._gpu: Any = None
+        self.replica: Any = None  # the GPU copy that searches, when there is one
 
     @property
     def on_gpu(self) -> bool:
-        return self._gpu is not None
+        return self.replica is not None
 
     # ---------------------------------------------------------------- building
     def build(self, n: int, sample: Any, batches: Any) -> None:
@@ -159,30 +184,38 @@ class MapIndex:
         for ids, descs in batches():
             cpu.add_with_ids(descs, ids)
         self.trained = train
-        self.index = self._maybe_gpu(cpu)
+        self.index = cpu
+        self._refresh_replica()
 
     def needs_training(self, count: Callable[[], int]) -> bool:
         """IVF not trained yet and `count()` keyframes to train on (counted only for IVF: it is a query)."""
         return self.config.type == "ivf" and not self.trained and count() >= self.config.ivf_threshold()
 
-    def _maybe_gpu(self, index: Any) -> Any:
+    def _refresh_replica(self) -> None:
+        """(Re)make the GPU copy of the CPU index, with the configured nprobe (copied with it)."""
+        self.replica = None
+        if self.index is None:
+            return
         import faiss
 
+        inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = min(self.config.nprobe, inner.nlist)
+        self.replica = self._to_gpu(self.index)
+
+    def _to_gpu(self, index: Any) -> Any:
         cfg = self.config
         if cfg.use_gpu == "false" or cfg.type == "hnsw":
-            return index
-        ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if ngpu == 0:
+            return None
+        if gpu_count() == 0:
             if cfg.use_gpu == "true":
-                log.warning("index use_gpu=true but faiss sees no GPU; searching on the CPU")
-            return index
-        try:  # pragma: no cover - needs a GPU build of faiss
-            self._gpu = self._gpu or faiss.StandardGpuResources()
-            return faiss.index_cpu_to_gpu(self._gpu, 0, index)
-        except Exception as exc:  # pragma: no cover
-            self._gpu = None
-            log.warning("could not move the index to the GPU (%s); searching on the CPU", exc)
-            return index
+                log.warning("index use_gpu=true but faiss sees no GPU (faiss-cpu installed?); searching on the CPU")
+            return None
+        try:
+            return copy_to_gpu(index)
+        except Exception as exc:  # faiss raises RuntimeError subclasses of its own
+            log.warning("could not copy the index to the GPU (%s); searching on the CPU", exc)
+            return None
 
     # ---------------------------------------------------------------- in step with the store
     def open(self, store: Any) -> None:
@@ -222,7 +255,10 @@ class MapIndex:
         if train and self.needs_training(store.count):
             self.rebuild(store)  # enough keyframes to train: rebuild as IVF, includes these
             return
-        self.index.add_with_ids(np.ascontiguousarray(descs, dtype=np.float32), ids)
+        descs = np.ascontiguousarray(descs, dtype=np.float32)
+        self.index.add_with_ids(descs, ids)
+        if self.replica is not None:
+            self.replica.add_with_ids(descs, ids)
         self._unsaved += len(ids)
 
     def save_if_due(self) -> None:
@@ -237,10 +273,12 @@ class MapIndex:
     def remove(self, ids: np.ndarray, store: Any) -> None:
         import faiss
 
-        if self.config.type == "hnsw" or self.on_gpu:
-            self.rebuild(store)  # HNSW graphs (and GPU indexes) cannot delete in place
-        else:
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        if self.config.type == "hnsw":
+            self.rebuild(store)  # HNSW graphs cannot delete in place
+            return
+        self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        if self.replica is not None:  # GPU indexes cannot delete in place: copy the CPU index again
+            self._refresh_replica()
 
     def _finite_rows(self, ids: np.ndarray, descs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = np.isfinite(descs).all(axis=1)
@@ -266,25 +304,62 @@ class MapIndex:
         index = self.index
         if index is None or index.ntotal == 0 or k <= 0:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in q]
+        k = min(k, index.ntotal)
+        restricted = include is not None or max_id is not None or (exclude is not None and len(exclude) > 0)
+        if self.replica is not None:
+            if not restricted:
+                scores, ids = self.replica.search(q, k)
+                return list(zip(ids, scores, strict=True))
+            found = self._search_replica_filtered(q, k, include, exclude, max_id)
+            if found is not None:
+                return found
         sel, _keep = id_selector(include, exclude, max_id)
-        if sel is not None and self.on_gpu:  # pragma: no cover - GPU indexes take no selector
-            index = self.cpu()
         params = None
-        inner = faiss.downcast_index(index.index) if not self.on_gpu or sel is not None else None
+        inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.config.hnsw_ef_search, k))
         elif isinstance(inner, faiss.IndexIVF):
             params = faiss.SearchParametersIVF(sel=sel, nprobe=min(self.config.nprobe, inner.nlist))
         elif sel is not None:
             params = faiss.SearchParameters(sel=sel)
-        scores, ids = index.search(q, min(k, index.ntotal), params=params)
+        scores, ids = index.search(q, k, params=params)
         return list(zip(ids, scores, strict=True))
 
-    def cpu(self) -> Any:
-        import faiss
+    GPU_MAX_K = 2048  # faiss GPU indexes return at most this many neighbours
 
-        if self._gpu is not None and self.index is not None:  # pragma: no cover - needs a GPU build
-            return faiss.index_gpu_to_cpu(self.index)
+    def _search_replica_filtered(self, q: np.ndarray, k: int, include: np.ndarray | None,
+                                 exclude: np.ndarray | None, max_id: int | None
+                                 ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Top-k under the ID restrictions from the GPU replica: fetch k plus the excluded count
+        (twice that when include / max_id also restrict), filter on the host; None when some
+        query keeps fewer than k and the replica has more (the caller asks the CPU index)."""
+        n = self.replica.ntotal
+        fetch = k + (len(exclude) if exclude is not None else 0)
+        if include is not None or max_id is not None:
+            fetch *= 2
+        fetch = min(fetch, n)
+        if fetch > self.GPU_MAX_K:
+            return None
+        scores, ids = self.replica.search(q, fetch)
+        ok = ids >= 0
+        if max_id is not None:
+            ok &= ids < max_id
+        if include is not None:
+            ok &= np.isin(ids, include)
+        if exclude is not None and len(exclude):
+            ok &= ~np.isin(ids, exclude)
+        out = []
+        for i_row, s_row, ok_row in zip(ids, scores, ok, strict=True):
+            i_row, s_row = i_row[ok_row][:k], s_row[ok_row][:k]
+            if len(i_row) < k and fetch < n:
+                return None
+            pad = k - len(i_row)  # faiss's convention for fewer than k: id -1
+            out.append((np.concatenate([i_row, np.full(pad, -1, np.int64)]),
+                        np.concatenate([s_row, np.full(pad, -np.inf, np.float32)])))
+        return out
+
+    def cpu(self) -> Any:
+        """The CPU index (what is saved)."""
         return self.index
 
     # ---------------------------------------------------------------- files
@@ -316,7 +391,8 @@ class MapIndex:
         if len(have) != len(np.unique(have)) or len(np.setdiff1d(have, want_ids)):
             return "index holds keyframes the database does not", none
         self.trained = bool(meta.get("trained", False))
-        self.index = self._maybe_gpu(cpu)
+        self.index = cpu
+        self._refresh_replica()
         return None, np.setdiff1d(want_ids, have, assume_unique=True)
 
     def save(self) -> None:
