@@ -131,7 +131,9 @@ class VLAD:
             flat = (labels + torch.arange(b, device=x.device).unsqueeze(1) * k).reshape(-1)
             sums = torch.zeros(b * k, d, device=x.device, dtype=x.dtype)
             sums.index_add_(0, flat, x.reshape(-1, d))
-            counts = torch.bincount(flat, minlength=b * k).to(x.dtype)
+            # counts by a scatter-add too: bincount waits for the GPU (it reads the largest label back)
+            counts = torch.zeros(b * k, device=x.device, dtype=x.dtype).index_add_(
+                0, flat, torch.ones(flat.shape[0], device=x.device, dtype=x.dtype))
             vlad = sums.view(b, k, d) - counts.view(b, k, 1) * c.unsqueeze(0)
         else:
             weights = torch.softmax(sims / self.soft_temperature, dim=-1)  # (B, N, K)
