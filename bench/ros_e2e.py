@@ -72,20 +72,36 @@ def main() -> None:
     driver = DriverNode("bench_driver")
     rows = []
     try:
-        from anyloc_ros.msg import PlaceMatch
+        from anyloc_ros.msg import PlaceDescriptor, PlaceMatch
+        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
 
         driver.watch(PlaceMatch, "place_matches", 1000)
+        driver.watch(PlaceDescriptor, "descriptors", 1000)
+        driver.watch(DiagnosticArray, "/diagnostics", 1000)
+
+        def counters() -> dict[str, int]:
+            """The nodes' latest /diagnostics counters ("encoder_node.frames_received", ...)."""
+            out: dict[str, int] = {}
+            for arr in driver.received["/diagnostics"]:
+                for st in arr.status:
+                    for kv in st.values:
+                        if kv.value.isdigit():
+                            out[f"{st.name.split(':')[0].strip('/')}.{kv.key}"] = int(kv.value)
+            return out
         pub = driver.node.create_publisher(Image, "image", 10)
         driver.wait_matched(pub, 1, 120)
         driver.wait_graph("descriptors", 1, 1)
         driver.wait_graph("place_matches", 1, 1)
 
-        def run(rate_hz: float, seconds: float, stamp0: int) -> tuple[list[float], int, int]:
+        received_before = [0]
+
+        def run(rate_hz: float, seconds: float, stamp0: int) -> tuple[list[float], int, int, int]:
             sent = {}
             n = int(rate_hz * seconds)
             t0 = time.monotonic()
             before = len(driver.received["place_matches"])
+            received_before[0] = counters().get("anyloc_ros.frames_received", 0)
             for i in range(n):
                 delay = t0 + i / rate_hz - time.monotonic()
                 if delay > 0:
@@ -94,26 +110,29 @@ def main() -> None:
                 sent[stamp] = time.monotonic()
                 pub.publish(image_msg(frames[i % len(frames)], stamp))
             time.sleep(2.0)
+            c = counters()
+            print(f"{rate_hz} Hz: sent {n}, descriptors {len(driver.received['descriptors'])}, "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(c.items()) if "frames" in k or "queries" in k), flush=True)
             got = driver.received["place_matches"][before:]
             arr = driver.arrival_times("place_matches")[before:]
             lat = [(a - sent[m.query_stamp.sec * 10**9 + m.query_stamp.nanosec]) * 1e3
                    for m, a in zip(got, arr, strict=True) if m.query_stamp.sec * 10**9 + m.query_stamp.nanosec in sent]
-            return lat, n, len(got)
+            return lat, n, len(got), c.get("anyloc_ros.frames_received", 0) - received_before[0]
 
-        lat, n, got = run(4.0, 10.0, 1)  # below capacity: every frame is encoded
-        rows.append(["4 Hz (below capacity)", n, got, f"{statistics.median(lat):.1f}",
+        lat, n, got, rx = run(4.0, 10.0, 1)  # below capacity: every frame is encoded
+        rows.append(["4 Hz (below capacity)", n, rx, got, f"{statistics.median(lat):.1f}",
                      f"{statistics.median(inproc):.1f}", f"{statistics.median(lat) - statistics.median(inproc):.1f}",
                      f"{np.percentile(lat, 90):.1f}", "-"])
-        lat, n, got = run(30.0, 15.0, 100_000)  # far above capacity: drops, bounded latency
+        lat, n, got, rx = run(30.0, 15.0, 100_000)  # far above capacity: drops, bounded latency
         first, last = statistics.median(lat[:20]), statistics.median(lat[-20:])
-        rows.append(["30 Hz (above capacity)", n, got, f"{statistics.median(lat):.1f}",
+        rows.append(["30 Hz (above capacity)", n, rx, got, f"{statistics.median(lat):.1f}",
                      f"{statistics.median(inproc):.1f}", f"{statistics.median(lat) - statistics.median(inproc):.1f}",
                      f"{np.percentile(lat, 90):.1f}", f"{first:.0f} -> {last:.0f}"])
     finally:
         for nd in nodes:
             nd.stop()
         driver.close()
-    body = table(["input rate", "frames sent", "place matches", "DDS median ms (publish -> match)",
+    body = table(["input rate", "frames sent", "frames the encoder received", "place matches", "DDS median ms (publish -> match)",
                   "in-process median ms", "added by ROS/DDS ms", "DDS p90 ms", "latency first 20 -> last 20 ms"],
                  rows)
     body += ("\n\n640x480 rgb8 images from TUM fr2/desk, separate encoder and recognition processes, FastDDS with the "
