@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -155,14 +157,14 @@ def device_timer(device: torch.device):
 
 
 def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int], precision: str, repeat: int,
-                 compile_mode: str = "none") -> tuple[list, list]:
+                 compile_mode: str = "none") -> list:
     """Rows (model, input, batch, bare ms/img, encode ms/img, ratio, peak MiB) for `device`."""
     from transformers import Dinov2Config, Dinov2Model
 
     dev = torch.device(device)
     timer = device_timer(dev)
     frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_640x480(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    rows, notes = [], []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in sizes.items():
             path = f"{tmp}/{name.replace('/', '')}"
@@ -190,7 +192,7 @@ def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int]
                     del enc, bb
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
-    return rows, notes
+    return rows
 
 
 def main_device(args: argparse.Namespace) -> None:
@@ -199,12 +201,11 @@ def main_device(args: argparse.Namespace) -> None:
         sizes.update(GIANT)
     if args.sizes:
         sizes = {k: v for k, v in sizes.items() if any(s in k for s in args.sizes)}
-    rows, _ = device_table(args.device, sizes, args.inputs, args.batches, args.precision, args.repeat, args.compile)
+    rows = device_table(args.device, sizes, args.inputs, args.batches, args.precision, args.repeat, args.compile)
     dev = torch.device(args.device)
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         try:
-            import subprocess
             driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                     capture_output=True, text=True, timeout=20).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -238,9 +239,8 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--compile", default="none", help="also time batch 1 with this backbone.compile mode")
     parser.add_argument("--no-record", dest="record", action="store_false", help="print only (no RESULTS.md entry)")
-    import sys as _sys
     args = parser.parse_args()
-    args.argv = _sys.argv[1:]
+    args.argv = sys.argv[1:]
     t = time.perf_counter()
     if args.device.startswith("cuda") or args.device_table:
         main_device(args)

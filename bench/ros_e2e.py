@@ -94,14 +94,12 @@ def main() -> None:
         driver.wait_graph("descriptors", 1, 1)
         driver.wait_graph("place_matches", 1, 1)
 
-        received_before = [0]
-
         def run(rate_hz: float, seconds: float, stamp0: int) -> tuple[list[float], int, int, int]:
             sent = {}
             n = int(rate_hz * seconds)
             t0 = time.monotonic()
             before = len(driver.received["place_matches"])
-            received_before[0] = counters().get("anyloc_ros.frames_received", 0)
+            received_before = counters().get("anyloc_ros.frames_received", 0)
             for i in range(n):
                 delay = t0 + i / rate_hz - time.monotonic()
                 if delay > 0:
@@ -117,7 +115,7 @@ def main() -> None:
             arr = driver.arrival_times("place_matches")[before:]
             lat = [(a - sent[m.query_stamp.sec * 10**9 + m.query_stamp.nanosec]) * 1e3
                    for m, a in zip(got, arr, strict=True) if m.query_stamp.sec * 10**9 + m.query_stamp.nanosec in sent]
-            return lat, n, len(got), c.get("anyloc_ros.frames_received", 0) - received_before[0]
+            return lat, n, len(got), c.get("anyloc_ros.frames_received", 0) - received_before
 
         lat, n, got, rx = run(4.0, 10.0, 1)  # below capacity: every frame is encoded
         rows.append(["4 Hz (below capacity)", n, rx, got, f"{statistics.median(lat):.1f}",

@@ -223,7 +223,7 @@ class Encoder:
                 f, heads = self.backbone.forward_with_heads(pixels) if keypoints else (self.backbone.features(pixels), None)
                 _sync(f)
                 t2 = time.perf_counter()
-                desc = self.aggregate_tensor(f).cpu().numpy()
+                desc = self.aggregate(f)
                 t.host_bytes += desc.nbytes
                 if not np.isfinite(desc).all():
                     raise FeatureDimensionError(

@@ -256,8 +256,9 @@ def upload_uint8(images: Sequence[np.ndarray], device: torch.device) -> torch.Te
     """Same-shape HxWx3 uint8 images -> a (B, 3, H, W) uint8 tensor on `device`. On CUDA the
     batch goes through pinned memory (torch's caching host allocator reuses it), so the copy
     is asynchronous."""
-    if len({im.shape for im in images}) != 1:
-        raise ImageError(f"one batch must hold images of one shape, got {sorted({im.shape for im in images})}")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ImageError(f"one batch must hold images of one shape, got {sorted(shapes)}")
     batch = torch.from_numpy(np.stack(images))  # (B, H, W, 3)
     if device.type == "cuda":
         batch = batch.pin_memory().to(device, non_blocking=True)

@@ -358,10 +358,6 @@ class MapIndex:
                         np.concatenate([s_row, np.full(pad, -np.inf, np.float32)])))
         return out
 
-    def cpu(self) -> Any:
-        """The CPU index (what is saved)."""
-        return self.index
-
     # ---------------------------------------------------------------- files
     def load(self, want_ids: np.ndarray) -> tuple[str | None, np.ndarray]:
         """Load index.faiss if it belongs to this map and holds nothing the map does not.
@@ -402,7 +398,7 @@ class MapIndex:
 
         if not self.writable:
             return
-        cpu = self.cpu()
+        cpu = self.index
         try:
             with atomic_file(self.directory / self.FILE) as f:
                 h = hashlib.sha256()
