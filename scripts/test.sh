@@ -13,6 +13,6 @@ PY=.venv/bin/python
 .venv/bin/lint-imports
 status=0
 "$PY" -m pytest "$@" || status=$?
-# FastDDS can leave shared-memory segments of killed test processes behind.
+# FastDDS can leave shared-memory segments of killed test processes behind (the cleaner needs psutil).
 .venv/bin/fastdds shm clean >/dev/null 2>&1 || true
 exit $status

@@ -196,3 +196,19 @@ def test_recognition_node_publishes_sequence_matches(tmp_path, corridor_vocab, c
             t.close()
     print(f"recognition node over DDS: corridor Recall@1 single {recall[False]:.3f}, sequence {recall[True]:.3f}")
     assert recall[True] >= 0.97 and recall[True] > recall[False]
+
+
+def test_dds_env_finds_the_large_image_profile_unsourced():
+    """`anyloc demo` / `replay` / the benchmarks run as `.venv/bin/python ...` without the venv
+    activated (no AMENT_PREFIX_PATH): the loopback environment still carries the FastDDS profile."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("AMENT_PREFIX_PATH", "FASTDDS_DEFAULT_PROFILES_FILE")}
+    out = subprocess.run([sys.executable, "-c", "import os; from anyloc_ros.tools.ros_driver import isolated_dds_env; "
+                          "isolated_dds_env(); print(os.environ['FASTDDS_DEFAULT_PROFILES_FILE'])"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    profile = out.stdout.strip()
+    assert profile.endswith("config/fastdds_localhost.xml") and os.path.isfile(profile), out
+    assert "<type>SHM</type>" in open(profile).read()

@@ -19,7 +19,8 @@ import yaml
 
 
 def isolated_dds_env(domain_id: int | None = None) -> None:
-    """Keep DDS on loopback, in its own domain, with the large-image FastDDS profile."""
+    """Keep DDS on loopback, in its own domain, with the large-image FastDDS profile (without
+    it FastDDS drops most best-effort 640x480 frames between processes)."""
     import random
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -27,16 +28,25 @@ def isolated_dds_env(domain_id: int | None = None) -> None:
     profile = share_dir() / "config" / "fastdds_localhost.xml"
     if profile.is_file():
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
+    elif "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        print(f"warning: no FastDDS profile at {profile}: large best-effort images between processes may be "
+              "dropped (set FASTDDS_DEFAULT_PROFILES_FILE)", file=sys.stderr)
 
 
 def share_dir() -> Path:
-    """The package's installed share directory (config/, launch/), found through the ament index."""
+    """The package's share directory (config/, launch/): the ament index's when the environment
+    is sourced, else the one installed into this interpreter's prefix (a venv run without
+    activating it), else the source checkout this module is in (same layout)."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
         return Path(get_package_share_directory("anyloc_ros"))
-    except Exception:  # not installed through ament: no share directory
-        return Path("/nonexistent")
+    except Exception:  # AMENT_PREFIX_PATH unset or without anyloc_ros
+        pass
+    for candidate in (Path(sys.prefix) / "share" / "anyloc_ros", Path(__file__).resolve().parents[2]):
+        if (candidate / "package.xml").is_file() and (candidate / "config").is_dir():
+            return candidate
+    return Path("/nonexistent")
 
 
 def write_params(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
