@@ -57,6 +57,55 @@ def test_precision_policy(monkeypatch):
             EncoderConfig.from_dict({"preset": "dinov2_vits14_gem", "backbone": {field: bad}})
 
 
+def test_device_names(monkeypatch, caplog):
+    """auto / cpu / cuda:N: an absent GPU falls back to the CPU with a warning; a GPU index the
+    machine does not have (cuda:1 on a one-GPU robot) is a clear configuration error."""
+    from anyloc_ros.core.backbones import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        assert resolve_device("cuda:0") == torch.device("cpu")
+    assert "CUDA is not available" in caplog.text
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"'cuda:1': this machine has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:1")
+
+
+def test_onnx_backbone_runs_on_the_gpu_it_is_given(monkeypatch):
+    """device cuda:1 puts onnxruntime's GPU providers on ordinal 1 (they default to 0); a device
+    name that is not one is refused before the model is loaded."""
+    import onnxruntime as ort
+
+    from anyloc_ros.core.onnx_backbone import OnnxBackbone
+
+    from .conftest import XFEAT_ONNX, require
+
+    require(XFEAT_ONNX)
+    asked = []
+    real_session = ort.InferenceSession
+
+    def session(path, sess_options=None, providers=()):
+        asked.append(list(providers))
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    for device, ordinal in (("cuda:1", 1), ("cuda", 0), ("auto", 0)):
+        OnnxBackbone(XFEAT_ONNX, device=device)
+        assert asked[-1] == [("CUDAExecutionProvider", {"device_id": ordinal}), "CPUExecutionProvider"]
+    OnnxBackbone(XFEAT_ONNX, device="cpu")
+    assert asked[-1] == ["CPUExecutionProvider"]
+    for bad in ("gpu", "mps"):
+        with pytest.raises(ConfigError, match=repr(bad)):
+            OnnxBackbone(XFEAT_ONNX, device=bad)
+
+
 def test_fp32_math_switches_tf32_for_one_forward_and_restores_it():
     """float32 on CUDA: true fp32 unless tf32 is allowed; the process-wide switches come back."""
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul

@@ -103,7 +103,22 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         log.warning("device %r requested but CUDA is not available; falling back to CPU", device)
         return torch.device("cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()  # else the first .to() fails deep in torch with "invalid device ordinal"
+        raise ConfigError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1})")
     return dev
+
+
+def cuda_index(device: str) -> int:
+    """The GPU ordinal a device name asks for ("auto", "cuda": 0; "cuda:N": N), for libraries
+    that take an ordinal (onnxruntime's providers)."""
+    try:
+        dev = torch.device("cuda" if device == "auto" else device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type != "cuda":
+        raise ConfigError(f"device {device!r} is not a CUDA device; use auto, cpu, cuda or cuda:N")
+    return dev.index or 0
 
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")

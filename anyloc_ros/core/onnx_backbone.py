@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import Dinov2Backbone
+from .backbones import Dinov2Backbone, cuda_index
 from .errors import ConfigError, FeatureDimensionError, WeightsNotFoundError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ResizePolicy, as_rgb_uint8
 
@@ -72,9 +72,10 @@ class OnnxBackbone:
         if output_layout not in ("nchw", "nhwc"):
             raise ConfigError(f"output_layout must be 'nchw' or 'nhwc', got {output_layout!r}")
         available = ort.get_available_providers()
-        wanted = ["CPUExecutionProvider"]
+        wanted: list[Any] = ["CPUExecutionProvider"]
         if device != "cpu":
-            wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
+            gpu = {"device_id": cuda_index(device)}  # cuda:1 runs on the second GPU, not the first
+            wanted = [(p, gpu) for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + wanted
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
