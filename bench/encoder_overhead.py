@@ -95,7 +95,7 @@ def measure(name: str, encoder: Encoder, jpeg: bytes, rows: list, flops: float |
     rows.append([name, "", f"best batch {best[0]}", "", f"{best[1]:.1f}", "", "", "", ""])
 
 
-def main() -> None:
+def main(record_result: bool = True) -> None:
     from transformers import Dinov2Config, Dinov2Model
 
     jpeg = jpeg_640x480()
@@ -133,7 +133,10 @@ def main() -> None:
              "preprocessed tensor. Target: overhead <= 10%.\n\n")
     body += "fp32 vs bf16 (bare forward, batch 1; cosine similarity of the features to fp32):\n\n"
     body += table(["model", "fp32 ms", "bf16 ms", "speed-up", "feature cosine"], bf16_rows)
-    record("Encoder overhead vs bare backbone", "python bench/encoder_overhead.py", body)
+    if record_result:
+        record("Encoder overhead vs bare backbone", "python bench/encoder_overhead.py", body)
+    else:
+        print(body)
 
 
 def device_timer(device: torch.device):
@@ -245,5 +248,5 @@ if __name__ == "__main__":
     if args.device.startswith("cuda") or args.device_table:
         main_device(args)
     else:
-        main()
+        main(args.record)
     print(f"took {time.perf_counter() - t:.0f} s")
