@@ -11,6 +11,7 @@ from .conftest import REPO, TUM_DESK, XFEAT_ONNX, require
 
 pytestmark = pytest.mark.realdata
 XFEAT_CFG = REPO / "config" / "encoders" / "xfeat_vlad.yaml"
+TUM_FR2_K = ("520.9", "521.0", "325.1", "249.7")  # fx fy cx cy of TUM's freiburg2 camera
 
 
 def anyloc(*args):
@@ -28,7 +29,8 @@ def gt_lines_in_span(stamps):
 def bags(tmp_path_factory):
     require(TUM_DESK)
     d = tmp_path_factory.mktemp("bags")
-    for name, extra in (("raw", []), ("mcap", ["--storage", "mcap", "--compressed"])):
+    for name, extra in (("raw", ["--camera", *TUM_FR2_K]), ("mcap", ["--storage", "mcap", "--compressed",
+                                                                        "--camera", *TUM_FR2_K]), ("nocam", [])):
         r = anyloc("make-bag", "--images", str(TUM_DESK / "rgb"), "--trajectory", str(TUM_DESK / "groundtruth.txt"),
                    "--output", str(d / name), "--quiet", *extra)
         assert r.returncode == 0, r.stderr
@@ -51,13 +53,16 @@ def test_make_bag_reads_back_with_rosbags(bags, name, storage, img_type):
     assert meta["storage_identifier"] == storage and meta["version"] == 9
     with Reader(bags / name) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
-        assert types == {"/camera/image_raw": img_type, "/odom": "nav_msgs/msg/Odometry"}
-        images, odoms, last = [], 0, -1
+        assert types == {"/camera/image_raw": img_type, "/odom": "nav_msgs/msg/Odometry",
+                         "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+        images, odoms, infos, last = [], 0, [], -1
         for conn, t, raw in reader.messages():
             assert t >= last  # written in time order
             last = t
             msg = ts.deserialize_cdr(raw, conn.msgtype)
-            if conn.topic == "/odom":
+            if conn.topic == "/camera/camera_info":
+                infos.append((t, msg))
+            elif conn.topic == "/odom":
                 odoms += 1
                 assert abs(np.linalg.norm([msg.pose.pose.orientation.x, msg.pose.pose.orientation.y,
                                            msg.pose.pose.orientation.z, msg.pose.pose.orientation.w]) - 1) < 1e-3
@@ -65,6 +70,10 @@ def test_make_bag_reads_back_with_rosbags(bags, name, storage, img_type):
                 images.append(msg)
                 assert t == msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
     assert len(images) == 20 and odoms == gt_lines_in_span(stamps)
+    # one CameraInfo per image, at its stamp, for the image's size
+    assert [t for t, _ in infos] == [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images]
+    assert all((i.width, i.height) == (640, 480) for _, i in infos)
+    np.testing.assert_allclose(infos[0][1].k, [520.9, 0, 325.1, 0, 521.0, 249.7, 0, 0, 1])
     for msg, s in zip(images, stamps, strict=True):
         assert abs(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 - s) < 1e-6
     first = cv2.imread(str(files[0]))
@@ -98,6 +107,16 @@ def test_replay_dds_and_offline_give_the_same_matches(bags, tmp_path, corridor_v
         np.testing.assert_allclose(x["scores"], y["scores"], atol=1e-4)
     assert [m["loop_match"] for m in a["matches"]] == [m["loop_match"] for m in b["matches"]]
     assert b["latency_ms_median"] > 0
+    # the bags' camera_info reaches verification both ways: closures carry relative poses
+    # (the DDS one through the encoder node's camera_info subscription)
+    assert a["loop_closures"] > 0
+    assert a["loop_closures_with_relative_pose"] == b["loop_closures_with_relative_pose"] == a["loop_closures"]
+    assert [m["loop_relative_pose"] for m in a["matches"]] == [m["loop_relative_pose"] for m in b["matches"]]
+    # the same frames without camera_info: closures verified by the fundamental matrix, no pose
+    r = anyloc("replay", str(bags / "nocam"), "--offline", "--map", str(map_dir), *enc, "--output", str(tmp_path / "n"))
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "n" / "replay_offline.json").read_text())
+    assert c["loop_closures"] > 0 and c["loop_closures_with_relative_pose"] == 0
 
 
 def test_bag_errors(bags, tmp_path):
@@ -110,3 +129,9 @@ def test_bag_errors(bags, tmp_path):
     empty.mkdir()
     r = anyloc("make-bag", "--images", str(empty), "--output", str(tmp_path / "b"))
     assert r.returncode == 2 and "no images" in r.stderr
+    r = anyloc("make-bag", "--images", str(TUM_DESK / "rgb"), "--output", str(tmp_path / "c"), "--camera", "0", "1",
+               "2", "3")
+    assert r.returncode == 2 and "fx, fy > 0" in r.stderr and not (tmp_path / "c").exists()
+    r = anyloc("replay", str(bags / "nocam"), "--offline", "--config", str(XFEAT_CFG), "--camera-info-topic",
+               "/odom", "--output", str(tmp_path / "x"))
+    assert r.returncode == 2 and "has no camera_info topic /odom" in r.stderr

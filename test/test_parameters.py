@@ -119,3 +119,24 @@ def test_nodes_and_offline_tools_build_the_same_objects_from_one_params_file(tmp
             n.close()
             n.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_intrinsics_from_parameters_else_camera_info_scaled_to_the_image():
+    """The encoder node and offline replay share this rule: camera.fx/fy/cx/cy win; else the
+    camera_info's K, scaled when the image is not the size it was calibrated at; an
+    uncalibrated camera_info (zeros, NaN) gives nothing."""
+    import numpy as np
+
+    from anyloc_ros.core.params import CameraInfoIntrinsics, CameraSettings
+
+    k = [520.9, 0, 325.1, 0, 521.0, 249.7, 0, 0, 1]
+    info = CameraInfoIntrinsics.from_k(k, 640, 480)
+    unset = CameraSettings()
+    np.testing.assert_allclose(unset.camera_matrix_for(480, 640, info), np.reshape(k, (3, 3)))
+    half = unset.camera_matrix_for(240, 320, info)  # a driver's half-size stream
+    np.testing.assert_allclose(half[[0, 0, 1, 1], [0, 2, 1, 2]], [260.45, 162.55, 260.5, 124.85])
+    assert unset.camera_matrix_for(480, 640, None) is None
+    given = CameraSettings(fx=100.0, fy=100.0, cx=50.0, cy=40.0)
+    np.testing.assert_allclose(given.camera_matrix_for(480, 640, info), given.camera_matrix())
+    for bad in ([0.0] * 9, [float("nan")] + k[1:], k[:8]):
+        assert CameraInfoIntrinsics.from_k(bad, 640, 480) is None

@@ -67,6 +67,27 @@ class EncoderNodeSettings:
         return PatchCompressor(feature_dim, self.patch_dim, self.patch_grid) if self.publish_patches else None
 
 
+@dataclass(frozen=True)
+class CameraInfoIntrinsics:
+    """A sensor_msgs/CameraInfo's pinhole matrix and the image size it refers to."""
+
+    K: np.ndarray
+    width: int
+    height: int
+
+    @classmethod
+    def from_k(cls, k: Any, width: int, height: int) -> CameraInfoIntrinsics | None:
+        """From CameraInfo.k (9 values, row-major), or None where it holds no usable pinhole
+        (an uncalibrated driver publishes zeros)."""
+        K = np.asarray(k, np.float64)
+        if K.size != 9 or not np.isfinite(K).all():
+            return None
+        K = K.reshape(3, 3)
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            return None
+        return cls(K, int(width), int(height))
+
+
 @dataclass
 class CameraSettings:
     """The camera the encoder node serves: intrinsics (for relative poses of loop closures) and
@@ -95,6 +116,17 @@ class CameraSettings:
         if self.fx <= 0:
             return None
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def camera_matrix_for(self, height: int, width: int, info: CameraInfoIntrinsics | None = None
+                          ) -> np.ndarray | None:
+        """K of an image of this size: the parameters' when set, else the camera_info's scaled
+        from the size it was calibrated at to the image (a driver may publish a resized stream)."""
+        K = self.camera_matrix()
+        if K is not None or info is None:
+            return K
+        if info.width and info.height and (info.width, info.height) != (width, height):
+            return np.diag([width / info.width, height / info.height, 1.0]) @ info.K
+        return info.K.copy()
 
     def mount(self) -> Pose | None:
         v = (self.mount_x, self.mount_y, self.mount_z, self.mount_roll, self.mount_pitch, self.mount_yaw)

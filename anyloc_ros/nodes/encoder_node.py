@@ -24,7 +24,7 @@ from rclpy.node import Node
 from ..core.config import EncoderSelection
 from ..core.encoder import Encoder
 from ..core.errors import AnyLocError
-from ..core.params import CameraSettings, EncoderNodeSettings
+from ..core.params import CameraInfoIntrinsics, CameraSettings, EncoderNodeSettings
 from ..core.types import DescriptorFrame
 from .conversions import encode_jpeg, message_to_rgb, stamp_to_ns
 from .descriptor_msg import frame_to_msg
@@ -52,7 +52,7 @@ class EncoderNode(Node):
         self.encoder_id = self.signature.id
         self.compressor = st.patch_compressor(self.encoder.backbone.feature_dim)
         self.camera = params.get(CameraSettings)
-        self._camera_info: tuple[np.ndarray, int, int] | None = None  # K, width, height from camera_info
+        self._camera_info: CameraInfoIntrinsics | None = None
         if self.camera.camera_matrix() is None and st.publish_keypoints and self.encoder.provides_keypoints:
             from sensor_msgs.msg import CameraInfo
 
@@ -87,22 +87,18 @@ class EncoderNode(Node):
             f"{'/compressed' if st.image_transport == 'compressed' else ''}")
 
     def _on_camera_info(self, msg: Any) -> None:
-        K = np.asarray(msg.k, np.float64).reshape(3, 3)
-        if K[0, 0] > 0 and K[1, 1] > 0 and np.isfinite(K).all():
-            if self._camera_info is None:
-                self.get_logger().info(f"intrinsics from camera_info: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
-                                       f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f} ({msg.width}x{msg.height})")
-            self._camera_info = (K, int(msg.width), int(msg.height))
+        info = CameraInfoIntrinsics.from_k(msg.k, msg.width, msg.height)
+        if info is None:
+            return
+        if self._camera_info is None:
+            K = info.K
+            self.get_logger().info(f"intrinsics from camera_info: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
+                                   f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f} ({info.width}x{info.height})")
+        self._camera_info = info
 
     def camera_matrix(self, height: int, width: int) -> np.ndarray | None:
         """K of the image being encoded: the parameters, else camera_info scaled to the image size."""
-        K = self.camera.camera_matrix()
-        if K is not None or self._camera_info is None:
-            return K
-        K, w, h = self._camera_info
-        if w and h and (w, h) != (width, height):
-            K = np.diag([width / w, height / h, 1.0]) @ K
-        return K
+        return self.camera.camera_matrix_for(height, width, self._camera_info)
 
     def _on_image(self, msg: Any) -> None:
         self.stats.inc("frames_received")

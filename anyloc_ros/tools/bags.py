@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 ODOM_TYPES = ("nav_msgs/msg/Odometry", "geometry_msgs/msg/PoseStamped")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+def camera_info_topic_of(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic, as image_transport names it
+    (/camera/image_raw -> /camera/camera_info)."""
+    return image_topic.rsplit("/", 1)[0] + "/camera_info"
 
 
 class BagError(AnyLocError, ValueError):
@@ -36,10 +43,12 @@ def _typestore():
 
 def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | None = None, storage: str = "sqlite3",
              compressed: bool = False, image_topic: str = "/camera/image_raw", odom_topic: str = "/odom",
-             fps: float = 10.0, frame_id: str = "camera", progress: bool = True) -> dict[str, Any]:
+             fps: float = 10.0, frame_id: str = "camera", progress: bool = True,
+             camera: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
     """Write a rosbag2 bag: one Image (or CompressedImage) per image file, stamped by the file
     name when it is a timestamp (TUM) else at `fps`; with a TUM trajectory, every pose within
-    the images' time span as nav_msgs/Odometry."""
+    the images' time span as nav_msgs/Odometry; with `camera` (fx, fy, cx, cy), a CameraInfo
+    beside each image (on the image topic's camera_info, as a camera driver publishes it)."""
     import cv2
     from rosbags.rosbag2 import StoragePlugin, Writer
     from tqdm import tqdm
@@ -52,6 +61,8 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
         raise BagError(f"output {output} exists; rosbag2 writes a new directory")
     if storage not in ("sqlite3", "mcap"):
         raise BagError(f"storage must be sqlite3 or mcap, got {storage!r}")
+    if camera is not None and (len(camera) != 4 or not all(np.isfinite(camera)) or min(camera[:2]) <= 0):
+        raise BagError(f"camera intrinsics are fx fy cx cy with fx, fy > 0, got {list(camera)}")
     try:
         stamps = [image_stamp(p) for p in paths]
     except DatasetError:
@@ -68,6 +79,26 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
     def header(t: float, frame: str):
         ns = int(round(t * 1e9))
         return Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id=frame), ns
+
+    info_topic = camera_info_topic_of(image_topic)
+    sizes: dict[Path, tuple[int, int]] = {}
+
+    def image_size(path: Path) -> tuple[int, int]:
+        if path not in sizes:
+            im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if im is None:
+                raise BagError(f"cannot read image {path}")
+            sizes[path] = im.shape[:2]
+        return sizes[path]
+
+    def camera_info(h, width: int, height: int):
+        fx, fy, cx, cy = (float(v) for v in camera)
+        CameraInfo, RegionOfInterest = ts.types[CAMERA_INFO_TYPE], ts.types["sensor_msgs/msg/RegionOfInterest"]
+        return CameraInfo(header=h, height=height, width=width, distortion_model="plumb_bob", d=np.zeros(5),
+                          k=np.array([fx, 0, cx, 0, fy, cy, 0, 0, 1], np.float64), r=np.eye(3).ravel(),
+                          p=np.array([fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0], np.float64), binning_x=0,
+                          binning_y=0, roi=RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0,
+                                                            do_rectify=False))
 
     events: list[tuple[int, str, bytes]] = []
     if trajectory:
@@ -97,6 +128,9 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
                 raise BagError(f"cannot read image {p}")
             msg = Image(header=h, height=bgr.shape[0], width=bgr.shape[1], encoding="bgr8", is_bigendian=0,
                         step=bgr.shape[1] * 3, data=bgr.reshape(-1))
+        if camera is not None:  # ahead of its image, as a driver latches it
+            height, width = image_size(p)
+            events.append((ns, info_topic, ts.serialize_cdr(camera_info(h, width, height), CAMERA_INFO_TYPE)))
         events.append((ns, image_topic, ts.serialize_cdr(msg, img_type)))
     events.sort(key=lambda e: e[0])
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -104,10 +138,12 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
         conns = {image_topic: writer.add_connection(image_topic, img_type, typestore=ts)}
         if trajectory:
             conns[odom_topic] = writer.add_connection(odom_topic, "nav_msgs/msg/Odometry", typestore=ts)
+        if camera is not None:
+            conns[info_topic] = writer.add_connection(info_topic, CAMERA_INFO_TYPE, typestore=ts)
         for ns, topic, data in events:
             writer.write(conns[topic], ns, data)
     counts = {image_topic: len(paths), **({odom_topic: int(sum(1 for e in events if e[1] == odom_topic))}
-                                         if trajectory else {})}
+                                         if trajectory else {}), **({info_topic: len(paths)} if camera else {})}
     return {"bag": str(output), "storage": storage, "messages": counts, "image_type": img_type}
 
 
@@ -120,8 +156,10 @@ class BagMessage:
     msg: Any = None
 
 
-def read_bag(path: str | Path, image_topic: str | None = None, odom_topic: str | None = None) -> Iterator[BagMessage]:
-    """Camera and odometry messages of a bag in time order (topics auto-detected by type)."""
+def read_bag(path: str | Path, image_topic: str | None = None, odom_topic: str | None = None,
+             camera_info_topic: str | None = None) -> Iterator[BagMessage]:
+    """Camera, camera_info and odometry messages of a bag in time order (topics auto-detected by
+    type; the camera_info beside the image topic, else the bag's only one)."""
     from rosbags.rosbag2 import Reader
 
     path = Path(path)
@@ -142,7 +180,13 @@ def read_bag(path: str | Path, image_topic: str | None = None, odom_topic: str |
             odom_topic = next((t for t, m in topics.items() if m in ODOM_TYPES), None)
         elif topics.get(odom_topic) not in ODOM_TYPES:
             raise BagError(f"bag {path} has no odometry topic {odom_topic} (topics: {topics})")
-        conns = [c for c in reader.connections if c.topic in (image_topic, odom_topic)]
+        infos = [t for t, m in topics.items() if m == CAMERA_INFO_TYPE]
+        if camera_info_topic is None:
+            beside = camera_info_topic_of(image_topic)
+            camera_info_topic = beside if beside in infos else (infos[0] if len(infos) == 1 else None)
+        elif topics.get(camera_info_topic) != CAMERA_INFO_TYPE:
+            raise BagError(f"bag {path} has no camera_info topic {camera_info_topic} (topics: {topics})")
+        conns = [c for c in reader.connections if c.topic in (image_topic, odom_topic, camera_info_topic)]
         for conn, stamp, raw in reader.messages(connections=conns):
             yield BagMessage(conn.topic, conn.msgtype, stamp, bytes(raw), ts.deserialize_cdr(raw, conn.msgtype))
     finally:
@@ -183,12 +227,14 @@ def register(sub: Any) -> None:
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--odom-topic", default="/odom")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate when file names are not timestamps")
+    p.add_argument("--camera", nargs=4, type=float, metavar=("FX", "FY", "CX", "CY"),
+                   help="write a sensor_msgs/CameraInfo with these intrinsics beside each image")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_make_bag)
 
 
 def _cmd_make_bag(args: Any) -> int:
     info = make_bag(args.images, args.output, args.trajectory, args.storage, args.compressed, args.image_topic,
-                    args.odom_topic, args.fps, progress=not args.quiet)
+                    args.odom_topic, args.fps, progress=not args.quiet, camera=args.camera)
     print(f"wrote {info['bag']} ({info['storage']}): " + ", ".join(f"{t}: {n}" for t, n in info["messages"].items()))
     return 0

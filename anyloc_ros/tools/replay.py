@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import AnyLocError
-from .bags import IMAGE_TYPES, ODOM_TYPES, BagError, BagMessage, bag_poses, read_bag
+from .bags import CAMERA_INFO_TYPE, IMAGE_TYPES, ODOM_TYPES, BagError, BagMessage, bag_poses, read_bag
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class FrameResult:
     top_scores: list[float]
     loop_match: int | None = None
     latency_ms: float = 0.0
+    loop_relative_pose: bool = False  # the closure carries the keyframe -> query relative pose (intrinsics known)
 
 
 @dataclass
@@ -55,7 +56,14 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     from ..core.loop_closure import KeyframeGateConfig, LoopClosureConfig
     from ..core.map_index import IndexConfig
     from ..core.mapping import Mapper
-    from ..core.params import CameraSettings, EncoderNodeSettings, MappingSettings, NodeParameters, RecognitionSettings
+    from ..core.params import (
+        CameraInfoIntrinsics,
+        CameraSettings,
+        EncoderNodeSettings,
+        MappingSettings,
+        NodeParameters,
+        RecognitionSettings,
+    )
     from ..core.recognition import PlaceRecognizer
     from ..core.sequence import SequenceConfig
     from ..core.verification import VerificationConfig
@@ -80,8 +88,14 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig),
                                  rec_p.get(VerificationConfig))
     compressor = enc_settings.patch_compressor(encoder.backbone.feature_dim)
-    camera = enc_p.get(CameraSettings)  # intrinsics from the parameters (a bag's camera_info is not read)
+    camera = enc_p.get(CameraSettings)  # intrinsics: the parameters', else the bag's latest camera_info
+    # from the first frame on (the DDS mode latches the first camera_info ahead of the first image)
+    info = next((i for m in messages if m.msgtype == CAMERA_INFO_TYPE
+                 and (i := CameraInfoIntrinsics.from_k(m.msg.k, m.msg.width, m.msg.height))), None)
     for m in messages:
+        if m.msgtype == CAMERA_INFO_TYPE:
+            info = CameraInfoIntrinsics.from_k(m.msg.k, m.msg.width, m.msg.height) or info
+            continue
         if m.msgtype not in IMAGE_TYPES:
             continue
         t0 = time.perf_counter()
@@ -91,7 +105,9 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
             result.skip("images", exc)
             continue
         if enc.local is not None:
-            enc.local.camera_matrix, enc.local.camera_mount = camera.camera_matrix(), camera.mount()
+            height, width = enc.local.image_size
+            enc.local.camera_matrix = camera.camera_matrix_for(height, width, info)
+            enc.local.camera_mount = camera.mount()
         desc, patches = enc.descriptor, enc.patches
         stamp = stamp_to_ns(m.msg.header.stamp)
         pose = poses.at(stamp)
@@ -106,7 +122,8 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         result.frames.append(FrameResult(
             stamp, [x.keyframe_id for x in res.matches],
             [float(x.rerank_score if x.rerank_score is not None else x.score) for x in res.matches],
-            res.loop.match.keyframe_id if res.loop else None, (time.perf_counter() - t0) * 1e3))
+            res.loop.match.keyframe_id if res.loop else None, (time.perf_counter() - t0) * 1e3,
+            res.loop is not None and res.loop.verification is not None and res.loop.verification.pose is not None))
     db.close()
     return result
 
@@ -127,9 +144,10 @@ def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, lo
     try:
         from geometry_msgs.msg import PoseStamped
         from nav_msgs.msg import Odometry
-        from sensor_msgs.msg import CompressedImage, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         from ..msg import LoopClosure, PlaceMatch
+        from ..nodes.qos import latched_qos
 
         driver.watch(PlaceMatch, "place_matches", 1000)
         driver.watch(LoopClosure, "loop_closures", 1000)
@@ -145,6 +163,20 @@ def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, lo
             driver.wait_matched(odom_pub, len(names) - 1, 120)
         driver.wait_graph("descriptors", 1, len(names) - 1, 120)  # encoder -> recognition (+ mapping)
         driver.wait_graph("place_matches", 1, 1, 120)
+        infos = [m for m in messages if m.msgtype == CAMERA_INFO_TYPE]
+        info_pub = driver.node.create_publisher(CameraInfo, "camera_info", latched_qos()) if infos else None
+        if info_pub is not None:
+            # The encoder node asks for camera_info only when it needs it (keypoints, no camera.fx):
+            # give it a moment to be seen, then the first one ahead of the first image, so every
+            # frame has the intrinsics the offline mode gives it.
+            deadline = time.monotonic() + 3.0
+            while info_pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if info_pub.get_subscription_count():
+                info_pub.publish(infos[0].raw)
+                time.sleep(0.5)
+            else:
+                info_pub = None
         sent: dict[int, float] = {}
         start_wall, start_bag = time.monotonic(), messages[0].stamp_ns
         for m in messages:
@@ -154,6 +186,9 @@ def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, lo
             if m.msgtype in IMAGE_TYPES:
                 sent[stamp_to_ns(m.msg.header.stamp)] = time.monotonic()
                 img_pub.publish(m.raw)
+            elif m.msgtype == CAMERA_INFO_TYPE:
+                if info_pub is not None:
+                    info_pub.publish(m.raw)
             elif odom_pub is not None:
                 odom_pub.publish(m.raw)
         matches = driver.wait_for("place_matches", len(images), timeout)
@@ -166,12 +201,13 @@ def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, lo
                 quiet_since, seen = time.monotonic(), len(driver.received["loop_closures"])
         arrived = driver.arrival_times("place_matches")
         received = {stamp_to_ns(pm.query_stamp): (pm, t) for pm, t in zip(matches, arrived, strict=False)}
-        loops = {stamp_to_ns(lc.query_stamp): lc.match_id for lc in driver.received["loop_closures"]}
+        loops = {stamp_to_ns(lc.query_stamp): lc for lc in driver.received["loop_closures"]}
         for stamp in sorted(sent):
             pm, t = received.get(stamp, (None, float("nan")))
+            lc = loops.get(stamp)
             result.frames.append(FrameResult(
                 stamp, list(pm.keyframe_ids) if pm else [], [float(x) for x in pm.scores] if pm else [],
-                loops.get(stamp), (t - sent[stamp]) * 1e3))
+                lc.match_id if lc else None, (t - sent[stamp]) * 1e3, bool(lc and lc.relative_pose_valid)))
         if len(received) < len(images):
             raise BagError(f"only {len(received)} of {len(images)} frames produced a place match over DDS")
     finally:
@@ -193,6 +229,8 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (DDS mode)")
     p.add_argument("--image-topic")
     p.add_argument("--odom-topic")
+    p.add_argument("--camera-info-topic", help="intrinsics for loop closures' relative poses (default: the "
+                   "camera_info beside the image topic; camera.fx etc. in the params file take precedence)")
     p.add_argument("--loop-radius", type=float, default=0.5, help="true loop: poses within this distance (m)")
     p.add_argument("--loop-min-gap", type=float, default=10.0, help="... and at least this far apart in time (s)")
     p.add_argument("--output", default="results/replay")
@@ -235,7 +273,7 @@ def _cmd_replay(args: Any) -> int:
     if not localization and map_path.exists():
         shutil.rmtree(map_path)
     params = write_replay_params(args, out)
-    messages = list(read_bag(bag, args.image_topic, args.odom_topic))  # read once; fails early on a missing topic
+    messages = list(read_bag(bag, args.image_topic, args.odom_topic, args.camera_info_topic))  # fails early on a missing topic
     if not any(m.msgtype in IMAGE_TYPES for m in messages):
         raise BagError(f"bag {bag} has no image messages to replay (its image topic is empty)")
     if args.offline:
@@ -260,12 +298,15 @@ def _cmd_replay(args: Any) -> int:
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
     summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
                "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
+               "loop_closures_with_relative_pose": sum(1 for f in result.frames if f.loop_relative_pose),
                "latency_ms_median": float(np.median(lat)) if lat else None, "skipped": result.skipped,
                "matches": [{"stamp_ns": f.stamp_ns, "top_ids": f.top_ids, "scores": f.top_scores,
-                            "loop_match": f.loop_match} for f in result.frames]}
+                            "loop_match": f.loop_match, "loop_relative_pose": f.loop_relative_pose}
+                           for f in result.frames]}
     (out / f"replay_{result.mode}.json").write_text(json.dumps(summary, indent=2))
     print(f"replay ({result.mode}): {summary['frames']} frames, {summary['frames_matched']} with matches, "
-          f"{report['loop_closures']} loop closures (precision {report['loop_precision']:.3f}, recall "
+          f"{report['loop_closures']} loop closures ({summary['loop_closures_with_relative_pose']} with a relative "
+          f"pose; precision {report['loop_precision']:.3f}, recall "
           f"{report['loop_recall']:.3f} of {report['frames_with_true_loop']} frames with a true loop); map {map_path}; "
           f"results {out / f'replay_{result.mode}.json'}")
     return 0
