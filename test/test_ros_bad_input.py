@@ -116,6 +116,9 @@ def test_encoder_node_survives_malformed_images(tmp_path, corridor_vocab, corrid
         for log in (raw.output(), comp.output()):
             assert "image rejected" in log
         assert "unsupported image encoding 'weird_encoding'" in raw.output()
+        # no camera.fx and no camera_info: said once, naming the topic it listens on
+        assert raw.output().count("no camera intrinsics") == 1
+        assert "nothing valid on /raw/camera_info" in raw.output()
     finally:
         raw.stop()
         comp.stop()

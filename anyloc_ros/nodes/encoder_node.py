@@ -53,6 +53,7 @@ class EncoderNode(Node):
         self.compressor = st.patch_compressor(self.encoder.backbone.feature_dim)
         self.camera = params.get(CameraSettings)
         self._camera_info: CameraInfoIntrinsics | None = None
+        self._said_no_intrinsics = False
         if self.camera.camera_matrix() is None and st.publish_keypoints and self.encoder.provides_keypoints:
             from sensor_msgs.msg import CameraInfo
 
@@ -133,6 +134,11 @@ class EncoderNode(Node):
         if enc.local is not None:
             enc.local.camera_matrix = self.camera_matrix(*rgb.shape[:2])
             enc.local.camera_mount = self.camera.mount()
+            if enc.local.camera_matrix is None and not self._said_no_intrinsics:
+                self._said_no_intrinsics = True  # once: a field robot's log is not flooded
+                self.get_logger().warning(
+                    f"no camera intrinsics (camera.fx unset, nothing valid on {self.resolve_topic_name('camera_info')}"
+                    "): loop closures are verified without a relative pose until a camera_info arrives")
         thumb = encode_jpeg(rgb, self.settings.thumbnail_size) if self.settings.publish_thumbnails else None
         ms = (time.perf_counter() - t0) * 1e3
         frame = DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, self._seq, enc.descriptor,
