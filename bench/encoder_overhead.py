@@ -28,7 +28,7 @@ import time
 import cv2
 import numpy as np
 import torch
-from _common import SHARED, record, table, timeit  # noqa: I001
+from _common import SHARED, VIT_GIANT, VIT_LAYERS, VIT_SIZES, record, save_random_dinov2, table, timeit  # noqa: I001
 
 from anyloc_ros.core.aggregation import VLAD
 from anyloc_ros.core.backbones import Dinov2Backbone
@@ -37,12 +37,6 @@ from anyloc_ros.core.images import decode_image_bytes
 from anyloc_ros.core.onnx_backbone import OnnxBackbone
 from anyloc_ros.core.projection import PCA
 
-SIZES = {"ViT-S/14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-         "ViT-B/14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
-# ViT-G/14 as AnyLoc uses it (SwiGLU MLP), layer 31 of 40; the others at layer 9 of 12
-GIANT = {"ViT-G/14": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True,
-                          mlp_ratio=4)}
-LAYERS = {"ViT-S/14": 9, "ViT-B/14": 9, "ViT-G/14": 31}
 # input name -> (backbone resize, image size, camera frame size)
 INPUTS = {"224x224": ("fixed", (224, 224), (480, 640)), "322x322": ("fixed", (322, 322), (480, 640)),
           "640x480": ("anyloc", (480, 640), (480, 640))}
@@ -96,17 +90,13 @@ def measure(name: str, encoder: Encoder, jpeg: bytes, rows: list, flops: float |
 
 
 def main(record_result: bool = True) -> None:
-    from transformers import Dinov2Config, Dinov2Model
-
     jpeg = jpeg_640x480()
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     rows: list = []
     bf16_rows: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, kw in SIZES.items():
-            path = f"{tmp}/{name.replace('/', '')}"
-            torch.manual_seed(0)
-            Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **kw)).save_pretrained(path)
+        for name, kw in VIT_SIZES.items():
+            path = save_random_dinov2(tmp, name, kw)
             for side in (224, 448):
                 bb = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), resize="fixed", device="cpu",
                                     precision="float32")
@@ -162,22 +152,18 @@ def device_timer(device: torch.device):
 def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int], precision: str, repeat: int,
                  compile_mode: str = "none") -> list:
     """Rows (model, input, batch, bare ms/img, encode ms/img, ratio, peak MiB) for `device`."""
-    from transformers import Dinov2Config, Dinov2Model
-
     dev = torch.device(device)
     timer = device_timer(dev)
     frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_640x480(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in sizes.items():
-            path = f"{tmp}/{name.replace('/', '')}"
-            torch.manual_seed(0)
-            Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **kw)).save_pretrained(path)
+            path = save_random_dinov2(tmp, name, kw)
             for inp in inputs:
                 resize, size, cam = INPUTS[inp]
                 modes = ["none"] + ([compile_mode] if compile_mode != "none" else [])
                 for mode in modes:
-                    bb = Dinov2Backbone(path, layer=LAYERS[name], facet="value", resize=resize, image_size=size,
+                    bb = Dinov2Backbone(path, layer=VIT_LAYERS[name], facet="value", resize=resize, image_size=size,
                                         device=device, precision=precision, compile=mode)
                     enc = encoder_for(bb, kw["hidden_size"])
                     for batch in batches if mode == "none" else [1]:
@@ -199,9 +185,9 @@ def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int]
 
 
 def main_device(args: argparse.Namespace) -> None:
-    sizes = dict(SIZES)
+    sizes = dict(VIT_SIZES)
     if args.device.startswith("cuda") or args.giant:
-        sizes.update(GIANT)
+        sizes.update(VIT_GIANT)
     if args.sizes:
         sizes = {k: v for k, v in sizes.items() if any(s in k for s in args.sizes)}
     rows = device_table(args.device, sizes, args.inputs, args.batches, args.precision, args.repeat, args.compile)

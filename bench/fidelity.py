@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 import torch
-from _common import SHARED, record, table, timeit  # noqa: I001
+from _common import SHARED, VIT_SIZES, record, save_random_dinov2, table, timeit  # noqa: I001
 
 
 def recall(sim: np.ndarray, gt: list[set[int]], k: int) -> float:
@@ -72,21 +72,15 @@ def corridor_rows() -> tuple[list[list[object]], list[list[object]]]:
 
 
 def resize_rows() -> list[list[object]]:
-    from transformers import Dinov2Config, Dinov2Model
-
     from anyloc_ros.core.backbones import Dinov2Backbone
     from anyloc_ros.core.images import load_image
 
     frames = {"corridor 160x120": load_image(sorted((SHARED / "corridor" / "query").glob("*.jpg"))[0]),
               "TUM 640x480": load_image(sorted((SHARED / "tum_fr2_desk" / "rgb").glob("*.png"))[0])}
-    sizes = {"ViT-S/14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-             "ViT-B/14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, kw in sizes.items():
-            path = f"{tmp}/{name.replace('/', '')}"
-            torch.manual_seed(0)
-            Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **kw)).save_pretrained(path)
+        for name, kw in VIT_SIZES.items():
+            path = save_random_dinov2(tmp, name, kw)
             for frame, img in frames.items():
                 times = {}
                 for resize in ("anyloc", "aspect"):

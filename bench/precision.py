@@ -25,7 +25,7 @@ import types
 
 import numpy as np
 import torch
-from _common import SHARED, record, table  # noqa: I001
+from _common import SHARED, VIT_SIZES, record, save_random_dinov2, table  # noqa: I001
 
 from anyloc_ros.core.aggregation import VLAD
 from anyloc_ros.core.backbones import Dinov2Backbone, cpu_has_native_bf16
@@ -108,8 +108,6 @@ def evaluate(make_backbone, images, gt) -> list:
 
 
 def main() -> None:
-    from transformers import Dinov2Config, Dinov2Model
-
     images = {s: [load_image(p) for p in list_images(CORRIDOR / s)] for s in ("ref", "query")}
     gt = read_positives_csv(CORRIDOR / "ground_truth.csv", len(images["query"]))
     rows = []
@@ -118,13 +116,9 @@ def main() -> None:
         print("onnx2torch not importable: XFeat rows skipped (see the module docstring)")
     else:
         rows += [["XFeat (trained), 640x640", *r] for r in evaluate(lambda d: TorchXFeat(xfeat, d), images, gt)]
-    sizes = {"ViT-S/14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-             "ViT-B/14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, kw in sizes.items():
-            path = f"{tmp}/{name.replace('/', '')}"
-            torch.manual_seed(0)
-            Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **kw)).save_pretrained(path)
+        for name, kw in VIT_SIZES.items():
+            path = save_random_dinov2(tmp, name, kw)
 
             def make(dtype, path=path):
                 return Dinov2Backbone(path, layer=9, facet="value", max_side=448, device="cpu",
