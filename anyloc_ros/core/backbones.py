@@ -96,10 +96,7 @@ def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; an unavailable CUDA request falls back to CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    dev = _parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         log.warning("device %r requested but CUDA is not available; falling back to CPU", device)
         return torch.device("cpu")
@@ -109,13 +106,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _parse_device(device: str) -> torch.device:
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+
+
 def cuda_index(device: str) -> int:
     """The GPU ordinal a device name asks for ("auto", "cuda": 0; "cuda:N": N), for libraries
     that take an ordinal (onnxruntime's providers)."""
-    try:
-        dev = torch.device("cuda" if device == "auto" else device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    dev = _parse_device("cuda" if device == "auto" else device)
     if dev.type != "cuda":
         raise ConfigError(f"device {device!r} is not a CUDA device; use auto, cpu, cuda or cuda:N")
     return dev.index or 0

@@ -81,15 +81,6 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
         return Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id=frame), ns
 
     info_topic = camera_info_topic_of(image_topic)
-    sizes: dict[Path, tuple[int, int]] = {}
-
-    def image_size(path: Path) -> tuple[int, int]:
-        if path not in sizes:
-            im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if im is None:
-                raise BagError(f"cannot read image {path}")
-            sizes[path] = im.shape[:2]
-        return sizes[path]
 
     def camera_info(h, width: int, height: int):
         fx, fy, cx, cy = (float(v) for v in camera)
@@ -118,18 +109,19 @@ def make_bag(images: str | Path, output: str | Path, trajectory: str | Path | No
     for p, t in tqdm(list(zip(paths, stamps, strict=True)), desc="images", unit="img", disable=not progress):
         h, ns = header(t, frame_id)
         if compressed:
-            msg = CompressedImage(header=h, format="jpeg", data=np.frombuffer(p.read_bytes(), np.uint8)) \
-                if p.suffix.lower() in (".jpg", ".jpeg") else \
-                CompressedImage(header=h, format="png" if p.suffix.lower() == ".png" else "jpeg",
-                                data=np.frombuffer(p.read_bytes(), np.uint8))
-        else:
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if bgr is None:
+            data = np.frombuffer(p.read_bytes(), np.uint8)
+            msg = CompressedImage(header=h, format="png" if p.suffix.lower() == ".png" else "jpeg", data=data)
+            pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if camera is not None else None  # its size only
+            if camera is not None and pixels is None:
                 raise BagError(f"cannot read image {p}")
-            msg = Image(header=h, height=bgr.shape[0], width=bgr.shape[1], encoding="bgr8", is_bigendian=0,
-                        step=bgr.shape[1] * 3, data=bgr.reshape(-1))
+        else:
+            pixels = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if pixels is None:
+                raise BagError(f"cannot read image {p}")
+            msg = Image(header=h, height=pixels.shape[0], width=pixels.shape[1], encoding="bgr8", is_bigendian=0,
+                        step=pixels.shape[1] * 3, data=pixels.reshape(-1))
         if camera is not None:  # ahead of its image, as a driver latches it
-            height, width = image_size(p)
+            height, width = pixels.shape[:2]
             events.append((ns, info_topic, ts.serialize_cdr(camera_info(h, width, height), CAMERA_INFO_TYPE)))
         events.append((ns, image_topic, ts.serialize_cdr(msg, img_type)))
     events.sort(key=lambda e: e[0])
