@@ -57,6 +57,25 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def run_recorded(doc: str, title: str, command: str, data: Path, body_of: Callable[[], str]) -> int:
+    """A benchmark's command line: computes `body_of()` (it needs `data`, a folder of
+    ../shared/data), prints it and records it under `title` unless `--no-record`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--no-record", action="store_true", help="print only (no RESULTS.md entry)")
+    args = parser.parse_args()
+    if not data.is_dir():
+        print(f"no data at {data}", file=sys.stderr)
+        return 1
+    body = body_of()
+    if args.no_record:
+        print(body)
+    else:
+        record(title, command, body)
+    return 0
+
+
 def record(title: str, command: str, body: str) -> None:
     """Print a result section and append it to bench/RESULTS.md."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -3,7 +3,8 @@ against the bare backbone forward on the same input, plus FLOPs vs this machine'
 throughput, and fp32 vs bf16 on CPU.
 
     .venv/bin/python bench/encoder_overhead.py                      # this CPU
-    python3 bench/encoder_overhead.py --device cuda [--compile reduce-overhead]   # a CUDA GPU
+    .venv/bin/python bench/encoder_overhead.py --local-features     # what XFeat keypoints add per frame
+    python3 bench/encoder_overhead.py --device cuda [--compile reduce-overhead]   # a CUDA GPU (both tables)
 
 DINOv2 ViT-S/14, ViT-B/14 (and on CUDA ViT-G/14) use randomly initialised weights (timing does
 not depend on the values), saved with save_pretrained and loaded through the product's loading
@@ -184,12 +185,76 @@ def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int]
     return rows
 
 
-def main_device(args: argparse.Namespace) -> None:
+KP_HEADERS = ["encoder", "frame ms (no keypoints)", "frame ms (512 keypoints)", "added ms", "keypoint stage ms", "added"]
+
+
+def local_feature_rows(device: str, sizes: dict, repeat: int) -> list:
+    """What local features add to one camera frame (640x480, `Encoder.encode_frame` with 512
+    keypoints vs none): XFeat's ONNX network beside DINOv2 (`local_features: xfeat`), and XFeat's
+    own heads when it is the backbone (`xfeat_vlad`)."""
+    xfeat = SHARED / "weights" / "xfeat.onnx"
+    if not xfeat.is_file():
+        return []
+    from anyloc_ros.core.local_features import LocalFeatureConfig
+
+    timer = device_timer(torch.device(device))
+    frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_640x480(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    rows = []
+
+    def row(label: str, enc: Encoder) -> None:
+        plain = timer(lambda: enc.encode_frame(frame), repeat)
+        with_kp = timer(lambda: enc.encode_frame(frame, keypoints=512), repeat)
+        enc.encode_frame(frame, keypoints=512)
+        kp = enc.timings.extra.get("keypoints", 0.0) * 1e3
+        rows.append([label, f"{plain:.1f}", f"{with_kp:.1f}", f"{with_kp - plain:+.1f}", f"{kp:.1f}",
+                     f"{100 * (with_kp / plain - 1):.0f}%"])
+        print(rows[-1], flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw in sizes.items():
+            path = save_random_dinov2(tmp, name, kw)
+            bb = Dinov2Backbone(path, layer=VIT_LAYERS[name], facet="value", resize="aspect", max_side=448,
+                                device=device)
+            enc = encoder_for(bb, kw["hidden_size"])
+            local = LocalFeatureConfig(type="xfeat", model_path=str(xfeat))
+            row(f"DINOv2 {name} (aspect 448) + XFeat beside", Encoder(enc.backbone, enc.aggregator, enc.pca,
+                                                                      batch_size=1, local=local))
+    bb = OnnxBackbone(xfeat, output_name="output", device=device)
+    row("XFeat backbone, its own heads", encoder_for(bb, 64))
+    return rows
+
+
+def model_sizes(args: argparse.Namespace) -> dict:
+    """The DINOv2 sizes a run times: S and B (G too on CUDA or with --giant), filtered by --sizes."""
     sizes = dict(VIT_SIZES)
     if args.device.startswith("cuda") or args.giant:
         sizes.update(VIT_GIANT)
     if args.sizes:
         sizes = {k: v for k, v in sizes.items() if any(s in k for s in args.sizes)}
+    return sizes
+
+
+def record_or_print(args: argparse.Namespace, title: str, body: str) -> None:
+    if args.record:
+        record(title, "python3 bench/encoder_overhead.py " + " ".join(args.argv), body)
+    else:
+        print(body)
+
+
+def main_local_features(args: argparse.Namespace) -> None:
+    rows = local_feature_rows(args.device, model_sizes(args), args.repeat)
+    body = table(KP_HEADERS, rows)
+    body += (f"\n\nDevice {args.device}; one 640x480 frame per call (`Encoder.encode_frame`: uint8 RGB in, "
+             "descriptor + keypoints out), median of the runs after warm-up. 'keypoint stage' is the encoder's "
+             "timing of its keypoints: XFeat's network plus the selection from its heads where it runs beside the "
+             "backbone (onnxruntime with idle threads that do not spin, so the torch backbone on the same cores is "
+             "not slowed: with spinning the ViT-S row added 56 ms), the selection alone (cell-level, "
+             "core/local_features.py) where XFeat is the backbone.")
+    record_or_print(args, f"Local features (XFeat keypoints) per frame on {args.device}", body)
+
+
+def main_device(args: argparse.Namespace) -> None:
+    sizes = model_sizes(args)
     rows = device_table(args.device, sizes, args.inputs, args.batches, args.precision, args.repeat, args.compile)
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -205,15 +270,14 @@ def main_device(args: argparse.Namespace) -> None:
         where = f"{args.device} (dry run of the GPU table)"
     body = table(["model", "input (network)", "batch", "bare ms/img", "encode ms/img", "encode / bare",
                   "peak GPU MiB"], rows)
+    kp_rows = local_feature_rows(args.device, {k: v for k, v in sizes.items() if "G" in k} or sizes, args.repeat)
+    if kp_rows:
+        body += "\n\nLocal features per 640x480 frame (512 XFeat keypoints vs none):\n\n" + table(KP_HEADERS, kp_rows)
     body += (f"\n\nDevice: {where}; precision {args.precision}; median of {args.repeat} runs after warm-up. "
              "bare = network alone on GPU-resident pixels; encode = Encoder.encode from uint8 RGB frames "
              "(upload, preprocessing, network, VLAD 32 clusters, PCA 512-D, descriptors back). Peak memory is "
              "torch's max allocated during both. Target: encode / bare <= 1.15 at batch 16, <= 1.3 at batch 1.")
-    cmd = "python3 bench/encoder_overhead.py " + " ".join(args.argv)
-    if args.record:
-        record(f"Encoder overhead on {args.device}", cmd, body)
-    else:
-        print(body)
+    record_or_print(args, f"Encoder overhead on {args.device}", body)
 
 
 if __name__ == "__main__":
@@ -228,10 +292,14 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--compile", default="none", help="also time batch 1 with this backbone.compile mode")
     parser.add_argument("--no-record", dest="record", action="store_false", help="print only (no RESULTS.md entry)")
+    parser.add_argument("--local-features", action="store_true",
+                        help="only the cost of local features (XFeat keypoints) per frame, on --device")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
     t = time.perf_counter()
-    if args.device.startswith("cuda") or args.device_table:
+    if args.local_features:
+        main_local_features(args)
+    elif args.device.startswith("cuda") or args.device_table:
         main_device(args)
     else:
         main(args.record)

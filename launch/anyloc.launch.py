@@ -3,6 +3,9 @@
     ros2 launch anyloc_ros anyloc.launch.py camera_topic:=/camera/image_raw odom_topic:=/odom \
         params_file:=/path/to/anyloc.yaml map_path:=/data/maps/lab
     ros2 launch anyloc_ros anyloc.launch.py camera_topics:=/front/image_raw,/rear/image_raw ...
+    ros2 launch anyloc_ros anyloc.launch.py camera_topic:=/camera/color/image_raw \
+        camera_info_topic:=/camera/color/camera_info depth_topic:=/camera/aligned_depth_to_color/image_raw \
+        params_file:=rgbd.yaml    # an RGB-D camera (depth.enable: true): metric loop closures
 
 Several cameras (camera_topics): one encoder per camera (namespaced cam0, cam1, ..., each
 configured by the params file's encoder_node section) publishing into the one `descriptors`
@@ -54,7 +57,9 @@ def generate_launch_description() -> LaunchDescription:
             yaml.safe_dump({k: {"ros__parameters": v} for k, v in sections.items()}, f)
         return f.name
 
-    camera_remaps = [("image", camera), ("image/compressed", [camera, "/compressed"])]
+    camera_remaps = [("image", camera), ("image/compressed", [camera, "/compressed"]),
+                     ("camera_info", LaunchConfiguration("camera_info_topic")),
+                     ("depth", LaunchConfiguration("depth_topic"))]
 
     def node(**kw) -> Node:
         return Node(package="anyloc_ros", output="screen", respawn=respawn, respawn_delay=2.0, **kw)
@@ -121,6 +126,12 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("camera_topics", default_value="",
                               description="several cameras: comma-separated image topics, one encoder each "
                                           "(instead of camera_topic; not with use_composition)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
+                              description="sensor_msgs/CameraInfo of camera_topic (intrinsics and distortion, unless "
+                                          "the params file sets camera.fx ...)"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw",
+                              description="depth registered to camera_topic (16UC1 mm / 32FC1 m), used with the "
+                                          "params file's depth.enable: true (metric loop closures)"),
         DeclareLaunchArgument("odom_topic", default_value="/odom", description="nav_msgs/Odometry topic"),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([FindPackageShare("anyloc_ros"), "config",

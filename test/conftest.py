@@ -18,6 +18,7 @@ SHARED_DATA = Path(os.environ.get("ANYLOC_SHARED_DATA", REPO.parent / "shared" /
 XFEAT_ONNX = SHARED_DATA / "weights" / "xfeat.onnx"
 CORRIDOR = SHARED_DATA / "corridor"
 TUM_DESK = SHARED_DATA / "tum_fr2_desk"
+TUM_RGBD = SHARED_DATA / "tum_fr1_xyz"
 
 # Tests never touch the network: no hub downloads, DDS on loopback in its own domain.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -102,3 +103,15 @@ def corridor_vocab(corridor_features, tmp_path_factory, xfeat_backbone):
     path = tmp_path_factory.mktemp("vocab") / "corridor_xfeat_k32.npz"
     vocab.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tum_rgbd():
+    """TUM fr1/xyz: frames (colour, depth in metres, ground-truth pose), the camera (fr1
+    calibration with distortion), the encoder's local features of each frame (512 XFeat
+    keypoints with depths, undistorted) and the revisit pairs; computed once."""
+    from anyloc_ros.eval.poses import load_tum_rgbd, revisit_pairs, tum_rgbd_local_features
+
+    require(TUM_RGBD)
+    frames, camera = load_tum_rgbd(TUM_RGBD)
+    return frames, camera, tum_rgbd_local_features(frames, camera, require(XFEAT_ONNX)), revisit_pairs(TUM_RGBD)

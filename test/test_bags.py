@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import REPO, TUM_DESK, XFEAT_ONNX, require
+from .conftest import REPO, TUM_DESK, TUM_RGBD, XFEAT_ONNX, require
 
 pytestmark = pytest.mark.realdata
 XFEAT_CFG = REPO / "config" / "encoders" / "xfeat_vlad.yaml"
@@ -135,3 +135,88 @@ def test_bag_errors(bags, tmp_path):
     r = anyloc("replay", str(bags / "nocam"), "--offline", "--config", str(XFEAT_CFG), "--camera-info-topic",
                "/odom", "--output", str(tmp_path / "x"))
     assert r.returncode == 2 and "has no camera_info topic /odom" in r.stderr
+
+
+# Replay settings for the 26 s fr1/xyz sequence: every frame may close a loop with keyframes
+# 1 s and more back (the defaults exclude the last 30 s: no closure at all in so short a bag).
+RGBD_REPLAY = {"mapping_node": {"keyframe.min_distance_m": 0.05, "keyframe.min_rotation_deg": 5.0},
+               "recognition_node": {"loop.exclude_recent_count": 1, "loop.exclude_recent_s": 1.0, "loop.consistency": 1,
+                                    "loop.suppress_window": 0, "loop.min_score": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def rgbd_bag(tmp_path_factory):
+    """TUM fr1/xyz as an RGB-D camera records it: colour, registered depth (16UC1 mm), CameraInfo
+    with the fr1 calibration and distortion, and the motion capture as odometry."""
+    import yaml
+
+    require(TUM_RGBD)
+    cam = yaml.safe_load((TUM_RGBD / "camera.yaml").read_text())
+    out = tmp_path_factory.mktemp("rgbd") / "fr1_xyz"
+    r = anyloc("make-bag", "--images", str(TUM_RGBD / "rgb"), "--depth", str(TUM_RGBD / "depth"), "--depth-scale",
+               str(cam["depth_scale"]), "--trajectory", str(TUM_RGBD / "groundtruth.txt"), "--camera",
+               *(str(cam[k]) for k in ("fx", "fy", "cx", "cy")), "--distortion", *map(str, cam["distortion"]),
+               "--output", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_make_bag_writes_registered_depth_in_millimetres(rgbd_bag):
+    import cv2
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    with Reader(rgbd_bag) as reader:
+        conns = {c.topic: c for c in reader.connections}
+        assert conns["/camera/aligned_depth_to_color/image_raw"].msgtype == "sensor_msgs/msg/Image"
+        depth = [ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in
+                 reader.messages(connections=[conns["/camera/aligned_depth_to_color/image_raw"]])]
+        info = next(ts.deserialize_cdr(raw, c.msgtype) for c, _, raw in
+                    reader.messages(connections=[conns["/camera/camera_info"]]))
+    first = sorted((TUM_RGBD / "depth").glob("*.png"))[0]
+    png = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
+    assert len(depth) == 40 and depth[0].encoding == "16UC1"
+    assert abs(depth[0].header.stamp.sec + depth[0].header.stamp.nanosec * 1e-9 - float(first.stem)) < 1e-6
+    mm = depth[0].data.view(np.uint16).reshape(480, 640)
+    assert np.abs(mm.astype(float) - png / 5.0).max() <= 0.5  # 1/5000 m -> mm, rounded
+    assert info.distortion_model == "plumb_bob" and np.allclose(info.d, [0.2624, -0.9531, -0.0054, 0.0026, 1.1633])
+
+
+@pytest.mark.ros
+def test_rgbd_bag_replays_into_metric_closures_offline_and_over_dds(rgbd_bag, tmp_path, corridor_vocab):
+    """The RGB-D bag through the real nodes (DDS) and offline: the same closures, all verified
+    with a relative pose, metric (PnP on depth) wherever enough matched keypoints have depth,
+    right against the motion capture (replay --ground-truth odom) with errors inside their
+    published covariance; none between places more than 1 m apart. Measured 2026-12-06: 38
+    closures, 37 metric (one pair had too few matches with depth: monocular, scale_known false);
+    translation error median 1.0 cm, rotation 0.59 deg, 0.97 inside the 95% ellipsoid, both ways."""
+    from anyloc_ros.tools.ros_driver import write_params
+
+    require(XFEAT_ONNX)
+    params = write_params(tmp_path / "p.yaml", RGBD_REPLAY)
+    enc = ["--config", str(XFEAT_CFG), "--vocabulary", str(corridor_vocab), "--device", "cpu", "--params-file",
+           str(params), "--ground-truth", "odom"]
+    off = anyloc("replay", str(rgbd_bag), "--offline", *enc, "--output", str(tmp_path / "o"))
+    dds = anyloc("replay", str(rgbd_bag), *enc, "--output", str(tmp_path / "d"))
+    assert off.returncode == 0, off.stderr
+    assert dds.returncode == 0, dds.stderr + dds.stdout
+    a = json.loads((tmp_path / "o" / "replay_offline.json").read_text())
+    b = json.loads((tmp_path / "d" / "replay_dds.json").read_text())
+    print(off.stdout, dds.stdout)
+    assert a["skipped"] == b["skipped"] == {}
+    key = [(c["query_stamp_ns"], c["match_id"]) for c in a["closures"]]
+    assert key == [(c["query_stamp_ns"], c["match_id"]) for c in b["closures"]] and len(key) >= 25
+    for x, y in zip(a["closures"], b["closures"], strict=True):
+        assert x["verified"] and y["verified"] and x["relative_pose"] is not None
+        assert x["scale_known"] == y["scale_known"]
+        np.testing.assert_allclose(x["relative_pose"], y["relative_pose"], atol=1e-4)
+        assert x["true_distance_m"] <= 1.0 and y["true_distance_m"] <= 1.0
+    for run in (a, b):
+        e = run["relative_pose_errors"]
+        assert e["metric"] and e["closures_scored"] == run["loop_closures_metric"]
+        assert e["translation_error_m_median"] <= 0.02 and e["rotation_error_deg_median"] <= 1.0
+        assert e["translation_error_m_p90"] <= 0.04 and e["inside_95_ellipsoid"] >= 0.85
+        assert e["largest_true_distance_m"] <= 1.0 and (tmp_path / ("o" if run is a else "d") /
+                                                          f"closure_errors_{run['mode']}.png").stat().st_size > 0
+    assert a["loop_closures_metric"] == b["loop_closures_metric"] >= 0.9 * len(key)

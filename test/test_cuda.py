@@ -184,6 +184,30 @@ def test_onnx_backbone_on_the_cuda_provider():
     torch.testing.assert_close(gpu.extract([img]), cpu.extract([img]), atol=1e-3, rtol=1e-3)
 
 
+def test_xfeat_local_features_beside_dinov2_on_the_gpu(vit_s, frames):
+    """DINOv2 on the GPU with XFeat's ONNX network beside it (its CUDA provider where
+    onnxruntime-gpu is installed, else the CPU): the same keypoints as the CPU encoder's, with
+    depths and the camera applied, and only descriptors and keypoints come back."""
+    from anyloc_ros.core.camera import CameraModel
+    from anyloc_ros.core.local_features import LocalFeatureConfig
+
+    if not XFEAT_ONNX.is_file():
+        pytest.skip(f"{XFEAT_ONNX} not found")
+    local = LocalFeatureConfig(type="xfeat", model_path=str(XFEAT_ONNX))
+    vlad, pca = _parts(384)
+    encoders = {d: Encoder(Dinov2Backbone(str(vit_s), layer=3, resize="anyloc", device=d, precision="float32"), vlad,
+                           pca, batch_size=1, local=local) for d in ("cpu", "cuda")}
+    cam = CameraModel(np.array([[520.9, 0, 325.1], [0, 521.0, 249.7], [0, 0, 1]]), np.zeros(5))
+    depth = np.full(frames[0].shape[:2], 1.5, np.float32)
+    cpu, gpu = (encoders[d].encode_frame(frames[0], keypoints=512, camera=cam, depth=depth) for d in ("cpu", "cuda"))
+    assert encoders["cuda"].provides_keypoints and len(gpu.local.keypoints) == 512
+    assert float(cpu.descriptor @ gpu.descriptor) > 0.99999
+    np.testing.assert_allclose(gpu.local.keypoints, cpu.local.keypoints, atol=0.5)
+    np.testing.assert_allclose(gpu.local.depths, 1.5)
+    print(f"keypoint stage on cuda: {encoders['cuda'].timings.extra['keypoints'] * 1e3:.1f} ms "
+          f"({encoders['cuda']._xfeat.network.providers[0]})")
+
+
 def test_faiss_gpu_index_matches_cpu(tmp_path):
     """The map's GPU replica with faiss-gpu (test_database.py checks its bookkeeping everywhere)."""
     from anyloc_ros.core import map_index

@@ -64,6 +64,33 @@ def test_mismatched_encoder_and_descriptor_refused(tmp_path):
         PlaceDatabase(tmp_path / "absent", create=False)
 
 
+def test_encoder_ids_name_comparable_descriptors_and_nodes_take_what_the_map_accepts(tmp_path):
+    """An encoder id names what makes descriptors comparable: the precision a robot computed them
+    in is not part of it. A map recorded before a signature field existed (here local_features)
+    has another id than today's encoder; the nodes' gate takes that encoder's descriptors once
+    its signature (encoder_info) shows the map accepts it, and refuses another, naming the field."""
+    import json
+
+    from anyloc_ros.core.types import EncoderSignature
+    from anyloc_ros.nodes.descriptor_msg import EncoderGate
+
+    gpu = EncoderSignature(SIG, precision="float16", local_features="xfeat:a")
+    cpu = EncoderSignature(SIG, precision="float32", local_features="xfeat:a")
+    assert gpu.id == cpu.id and gpu.id != EncoderSignature(SIG, local_features="xfeat:b").id
+    PlaceDatabase(tmp_path / "old", SIG).close()  # a map of the previous version: no local_features
+    old = PlaceDatabase(tmp_path / "old", cpu, follower=True)  # the map accepts today's encoder
+    gate = EncoderGate()
+    gate.map_signature = old.encoder_signature
+    assert gate.map_id != cpu.id and "refused" in gate.refusal(cpu.id)  # unknown until its signature arrives
+    gate.learn(json.dumps(cpu))
+    assert gate.refusal(cpu.id) is None
+    other = EncoderSignature(SIG, layer="features", local_features="xfeat:a")
+    gate.learn(json.dumps(other))
+    assert "layer: map 'output' vs encoder 'features'" in gate.refusal(other.id)
+    assert gate.learn("not json") is None and gate.refusal(gate.map_id) is None
+    old.close()
+
+
 def test_truncated_or_missing_index_is_rebuilt_from_sqlite(tmp_path):
     x = unit(50)
     with PlaceDatabase(tmp_path, SIG) as db:

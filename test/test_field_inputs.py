@@ -336,7 +336,8 @@ def test_offline_replay_skips_and_counts_bad_frames_like_the_nodes(tmp_path, tin
 def test_descriptor_without_encoder_id_is_refused_by_a_map_of_another_encoder():
     from anyloc_ros.msg import PlaceDescriptor
 
-    from anyloc_ros.nodes.descriptor_msg import accept_descriptor
+    from anyloc_ros.core.types import EncoderSignature
+    from anyloc_ros.nodes.descriptor_msg import EncoderGate, accept_descriptor
     from anyloc_ros.nodes.diagnostics import RateStats
 
     class Node:
@@ -347,9 +348,11 @@ def test_descriptor_without_encoder_id_is_refused_by_a_map_of_another_encoder():
             return SimpleNamespace(error=lambda m: None)
 
     stats = RateStats()
+    gate = EncoderGate()
+    gate.map_signature = EncoderSignature(backbone="b", dim=2)
     msg = PlaceDescriptor(descriptor=[1.0, 0.0], encoder_id="")
-    assert accept_descriptor(Node(), msg, stats, "abc123") is None and stats.counts["frames_rejected"] == 1
-    msg.encoder_id = "abc123"
-    assert accept_descriptor(Node(), msg, stats, "abc123") is not None
+    assert accept_descriptor(Node(), msg, stats, gate) is None and stats.counts["frames_rejected"] == 1
+    msg.encoder_id = gate.map_id
+    assert accept_descriptor(Node(), msg, stats, gate) is not None
 
 

@@ -90,6 +90,44 @@ def test_threshold_and_recent_exclusion_by_count_time_and_travel():
     assert len(timed._recent) <= 3  # bookkeeping stays bounded
 
 
+def test_one_closure_per_revisit_ends_when_the_robot_moves_on():
+    """A loop: a (false) closure to keyframe 8 suppresses its neighbourhood, keyframe 0 included.
+    The suppression belongs to that revisit: once the robot has added suppress_window keyframes of
+    its own (or, localising, travelled suppress_travel_m) it no longer blinds the recogniser to
+    keyframe 0 when the robot comes back around (the held-out RGB-D loop of #24). Positive
+    control: right after the closure, and within suppress_s, keyframe 0 is suppressed."""
+    from anyloc_ros.core.loop_closure import LoopCandidate
+
+    cfg = LoopClosureConfig(consistency=1, exclude_recent_count=3, exclude_recent_s=0, suppress_window=10,
+                            suppress_s=1000)
+    f = LoopClosureFilter(cfg)
+    for i in range(35):
+        f.observe_keyframe(i, i * S, "s", Pose(0.14 * i, 0, 0))
+    first = f.update(Query(35, 35 * S, "s", Pose(4.9, 0, 0)), [m(8)])
+    f.publish(first)
+    back_at_start = lambda q, p: LoopCandidate(Query(q, q * S, "s", Pose(p, 0, 0)), m(0), 1)  # noqa: E731
+    assert f.suppressed(back_at_start(36, 5.0))  # the same revisit: within 10 ids of keyframe 8
+    for i in range(35, 44):
+        f.observe_keyframe(i, i * S, "s", Pose(0.14 * i, 0, 0))
+    assert f.suppressed(back_at_start(44, 6.2))  # 9 keyframes later: still the same stretch
+    f.observe_keyframe(44, 44 * S, "s", Pose(6.2, 0, 0))
+    assert not f.suppressed(back_at_start(45, 6.3))  # 10 of its own: a new revisit
+    # localising (no keyframes of its own): by the robot's own travel
+    loc = LoopClosureFilter(LoopClosureConfig(consistency=1, suppress_window=10, suppress_s=1000,
+                                              suppress_travel_m=2.0))
+    first = loc.update(Query(1, 1 * S, "map", Pose(0, 0, 0)), [m(8, session="map")])
+    loc.publish(first)
+    near0 = lambda q, p: LoopCandidate(Query(q, q * S, "map", Pose(p, 0, 0)), m(0, session="map"), 1)  # noqa: E731
+    loc.update(Query(2, 2 * S, "map", Pose(1.5, 0, 0)), [])
+    assert loc.suppressed(near0(2, 1.5))
+    loc.update(Query(3, 3 * S, "map", Pose(1.5, 0.6, 0)), [])  # 2.1 m of path, 1.6 m from the start
+    assert not loc.suppressed(near0(3, 1.5))
+    time_only = LoopClosureFilter(LoopClosureConfig(consistency=1, suppress_window=10, suppress_s=1000))
+    time_only.publish(time_only.update(Query(1, 1 * S, "map", Pose(0, 0, 0)), [m(8, session="map")]))
+    time_only.update(Query(3, 3 * S, "map", Pose(1.5, 0.6, 0)), [])
+    assert time_only.suppressed(near0(3, 1.5))  # suppress_travel_m off: travel alone does not end it
+
+
 def test_mutual_nn_count():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(50, 16)).astype(np.float32)

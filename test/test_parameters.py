@@ -28,6 +28,8 @@ def _other_value(spec: ParamSpec):
     if isinstance(d, float):
         lo, hi = spec.min if spec.min is not None else d - 1, spec.max if spec.max is not None else d + 1
         return round(lo + 0.37 * (hi - lo), 3) if round(lo + 0.37 * (hi - lo), 3) != d else (lo + hi) / 3
+    if isinstance(d, list):  # lens distortion coefficients
+        return [0.1, -0.2, 0.001, 0.002, 0.05]
     return d + "_x" if d else "x"
 
 
@@ -84,7 +86,7 @@ def test_nodes_and_offline_tools_build_the_same_objects_from_one_params_file(tmp
     for node in ("encoder_node", "mapping_node", "recognition_node"):
         sections[node] = {s.name: _other_value(s) for s in node_specs(node)}
     sections["encoder_node"].update(encoder_config=str(enc_cfg), vocabulary="", pca="", device="cpu",
-                                    encoder_preset="dinov2_vits14_gem")
+                                    encoder_preset="dinov2_vits14_gem", local_features_model="")
     for node in ("mapping_node", "recognition_node"):
         sections[node].update({"map_path": str(tmp_path / "map"), "index.use_gpu": "false", "session": "s1",
                                "index.type": "flat"} if node == "mapping_node" else
@@ -104,7 +106,8 @@ def test_nodes_and_offline_tools_build_the_same_objects_from_one_params_file(tmp
             for group in NODE_PARAMETERS[kind]:
                 built = n.params.get(group)
                 assert built == offline.get(group), (kind, group.__name__)
-            kept = {"vocabulary", "pca", "index.type"}  # left at their defaults on purpose (no files, exact search)
+            # left at their defaults on purpose (no files, exact search)
+            kept = {"vocabulary", "pca", "index.type", "local_features_model"}
             unvaried = [s.name for s in node_specs(kind) if n.params.values[s.name] == s.default and s.name not in kept]
             assert not unvaried, f"{kind}: parameters the test did not vary: {unvaried}"
         # and the objects the nodes actually run with are those
@@ -122,21 +125,32 @@ def test_nodes_and_offline_tools_build_the_same_objects_from_one_params_file(tmp
 
 
 def test_intrinsics_from_parameters_else_camera_info_scaled_to_the_image():
-    """The encoder node and offline replay share this rule: camera.fx/fy/cx/cy win; else the
-    camera_info's K, scaled when the image is not the size it was calibrated at; an
-    uncalibrated camera_info (zeros, NaN) gives nothing."""
+    """The encoder node and offline replay share this rule: camera.fx/fy/cx/cy (with
+    camera.distortion) win; else the camera_info's K and distortion, K scaled when the image is
+    not the size it was calibrated at; an uncalibrated camera_info (zeros, NaN) or an unknown
+    distortion model gives nothing."""
     import numpy as np
 
-    from anyloc_ros.core.params import CameraInfoIntrinsics, CameraSettings
+    from anyloc_ros.core.camera import CameraModel
+    from anyloc_ros.core.errors import ConfigError
+    from anyloc_ros.core.params import CameraSettings
 
     k = [520.9, 0, 325.1, 0, 521.0, 249.7, 0, 0, 1]
-    info = CameraInfoIntrinsics.from_k(k, 640, 480)
+    d = [0.26, -0.95, -0.005, 0.003, 1.16]
+    info = CameraModel.from_camera_info(k, d, "plumb_bob", 640, 480)
     unset = CameraSettings()
-    np.testing.assert_allclose(unset.camera_matrix_for(480, 640, info), np.reshape(k, (3, 3)))
-    half = unset.camera_matrix_for(240, 320, info)  # a driver's half-size stream
-    np.testing.assert_allclose(half[[0, 0, 1, 1], [0, 2, 1, 2]], [260.45, 162.55, 260.5, 124.85])
-    assert unset.camera_matrix_for(480, 640, None) is None
-    given = CameraSettings(fx=100.0, fy=100.0, cx=50.0, cy=40.0)
-    np.testing.assert_allclose(given.camera_matrix_for(480, 640, info), given.camera_matrix())
+    np.testing.assert_allclose(unset.camera_for(480, 640, info).K, np.reshape(k, (3, 3)))
+    half = unset.camera_for(240, 320, info)  # a driver's half-size stream: K scaled, distortion kept
+    np.testing.assert_allclose(half.K[[0, 0, 1, 1], [0, 2, 1, 2]], [260.45, 162.55, 260.5, 124.85])
+    np.testing.assert_allclose(half.distortion, d)
+    assert unset.camera_for(480, 640, None) is None
+    given = CameraSettings(fx=100.0, fy=100.0, cx=50.0, cy=40.0, distortion=[0.1, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(given.camera_for(480, 640, info).K, given.camera_matrix())
+    np.testing.assert_allclose(given.camera_for(480, 640, info).distortion, [0.1, 0, 0, 0, 0])
     for bad in ([0.0] * 9, [float("nan")] + k[1:], k[:8]):
-        assert CameraInfoIntrinsics.from_k(bad, 640, 480) is None
+        assert CameraModel.from_camera_info(bad, d, "plumb_bob", 640, 480) is None
+    assert CameraModel.from_camera_info(k, [0.1, 0.2], "plumb_bob", 640, 480) is None  # 2 coefficients: none
+    assert CameraModel.from_camera_info(k, d, "a_model_we_do_not_know", 640, 480) is None
+    assert CameraModel.from_camera_info(k, [], "", 640, 480).distorted is False  # rectified: passes through
+    with pytest.raises(ConfigError, match="distortion"):
+        CameraSettings(fx=100.0, fy=100.0, distortion=[0.1, 0.2, 0.3]).validate()

@@ -133,3 +133,74 @@ def test_bad_parameters_are_a_clear_startup_error(tmp_path):
     out = node.output()
     assert "start-up error" in out and "top_k" in out and "index.type" in out and "loop.min_score" in out
     assert "Traceback" not in out
+
+
+def test_encoder_node_pairs_depth_and_survives_bad_depth(tmp_path, corridor_vocab, tum_rgbd):
+    """depth.enable: colour and registered depth paired by stamp (ApproximateTimeSynchronizer)
+    give each keypoint its depth on the descriptor; a depth image of another size or encoding is
+    logged once, counted, and its colour frame still encoded (without depths); with no depth at
+    all the colour frames go on alone after depth.timeout_s."""
+    import numpy as np
+    from anyloc_ros.msg import PlaceDescriptor
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    require(XFEAT_ONNX)
+    frames, camera, _, _ = tum_rgbd
+    K = camera.K
+    pfile = write_params(tmp_path / "p.yaml", {"/**": {
+        "encoder_config": str(REPO / "config/encoders/xfeat_vlad.yaml"), "vocabulary": str(corridor_vocab),
+        "device": "cpu", "queue_size": 10, "qos_reliable": True, "depth.enable": True, "depth.timeout_s": 2.0,
+        "camera.fx": float(K[0, 0]), "camera.fy": float(K[1, 1]), "camera.cx": float(K[0, 2]),
+        "camera.cy": float(K[1, 2]), "camera.distortion": [float(d) for d in camera.distortion]}})
+    node = NodeProcess("encoder_node", pfile, tmp_path, name="rgbd")
+    t = DriverNode()
+
+    def depth_msg(depth_m, stamp_ns, encoding="16UC1"):
+        m = Image()
+        m.header.stamp.sec, m.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        mm = np.nan_to_num(depth_m * 1000).astype(np.uint16)
+        m.height, m.width = mm.shape
+        m.encoding, m.step, m.data = encoding, mm.shape[1] * 2, mm.tobytes()
+        return m
+
+    try:
+        t.watch(PlaceDescriptor, "descriptors")
+        t.watch(DiagnosticArray, "/diagnostics")
+        ip = t.node.create_publisher(Image, "image", 10)
+        dp = t.node.create_publisher(Image, "depth", 10)
+        t.wait_matched(ip, 1, 60)
+        t.wait_matched(dp, 1, 60)
+        f = frames[0]
+        for k in range(3):  # paired: 15 ms apart (as TUM's Kinect), within the default slop
+            ip.publish(image_msg(f.rgb, (10 + k) * 10**9))
+            dp.publish(depth_msg(f.depth, (10 + k) * 10**9 - 15_000_000))
+        got = t.wait_for("descriptors", 3, 60)
+        assert len(got) == 3, node.output()[-2000:]
+        d = np.asarray(got[0].keypoint_depths, np.float32)
+        assert len(d) == len(got[0].keypoints) // 2 and np.isfinite(d).sum() > 300
+        assert np.nanmedian(d) == pytest.approx(np.nanmedian(f.depth), rel=0.2)
+        t.received["descriptors"].clear()
+        ip.publish(image_msg(f.rgb, 20 * 10**9))  # a depth image of half the size: not registered to colour
+        dp.publish(depth_msg(f.depth[::2, ::2], 20 * 10**9))
+        ip.publish(image_msg(f.rgb, 21 * 10**9))  # a colour image published as "depth"
+        bad = image_msg(f.rgb, 21 * 10**9)
+        dp.publish(bad)
+        got = t.wait_for("descriptors", 2, 60)
+        assert [g.header.stamp.sec for g in got] == [20, 21] and all(len(g.keypoint_depths) == 0 for g in got)
+        assert _wait_counter(t, "/encoder_node", "depth_rejected", 2)
+        t.received["descriptors"].clear()
+        time.sleep(2.5)  # the depth stream has stopped: colour frames go on alone
+        for k in range(2):
+            ip.publish(image_msg(f.rgb, (30 + k) * 10**9))
+            time.sleep(0.2)
+        got = t.wait_for("descriptors", 2, 60)
+        assert [g.header.stamp.sec for g in got] == [30, 31]
+        assert _wait_counter(t, "/encoder_node", "frames_without_depth", 2)
+        log = node.output()
+        assert log.count("is not registered to the 320x240 colour image") == 0  # the message names the sizes
+        assert log.count("is not registered to the 640x480 colour image") == 1  # logged once
+        assert log.count("is not a depth encoding") == 1 and node.alive()
+    finally:
+        node.stop()
+        t.close()

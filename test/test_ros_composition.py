@@ -81,7 +81,7 @@ def test_bounded_queue_keeps_the_newest_and_counts_the_rest(tmp_path):
     node = EncoderNode(context=ctx)
     release, busy, done = threading.Event(), threading.Event(), []
 
-    def slow_encode(msg, received=None):  # the worker's encoder, held until released
+    def slow_encode(msg, received=None, depth=None):  # the worker's encoder, held until released
         busy.set()
         release.wait(10)
         done.append(msg.header.stamp.sec)

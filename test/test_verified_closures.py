@@ -69,8 +69,9 @@ def coverage(loops, gt, window):
 def test_corridor_verified_closures_one_per_revisit(tmp_path, corridor_frames, corridor_gt):
     """Defaults (min_score 0.2, verification, suppress_window 10) with sequence matching, as the
     demo runs: every closure correct and verified, one per revisited stretch of the map, and
-    every revisited place covered. Measured 2026-11-23: 8 closures, all correct, coverage 1.0
-    (the appearance-only stream: 94 closures at precision 0.957)."""
+    every revisited place covered. Measured 2026-12-06: 9 closures, all correct, coverage 1.0
+    (2026-11-23, before the cell-level keypoints and the revisit-keyed suppression: 8; the
+    appearance-only stream: 94 closures at precision 0.957)."""
     cfg = LoopClosureConfig()
     loops, results = two_traversals(tmp_path, corridor_frames, cfg)
     correct = sum(ref in corridor_gt[i] for i, ref, _ in loops)
@@ -82,9 +83,10 @@ def test_corridor_verified_closures_one_per_revisit(tmp_path, corridor_frames, c
     # one per revisit: at most one per suppress_window map frames traversed, and no two closures
     # to one neighbourhood within suppress_s
     assert len(loops) <= len(corridor_gt) // cfg.suppress_window + 2
-    for a in range(len(loops)):
-        for b in range(a + 1, len(loops)):
-            assert abs(loops[a][1] - loops[b][1]) > cfg.suppress_window or loops[b][0] - loops[a][0] >= cfg.suppress_s
+    for a in range(len(loops)):  # a second closure to one stretch only in another revisit: after the
+        for b in range(a + 1, len(loops)):  # robot added suppress_window keyframes (one per query frame here)
+            assert abs(loops[a][1] - loops[b][1]) > cfg.suppress_window or \
+                loops[b][0] - loops[a][0] >= min(cfg.suppress_window, cfg.suppress_s)
     for _, _, lc in loops:  # every closure geometrically verified (no intrinsics: no relative pose)
         assert lc.verification is not None and lc.verification.verified
         assert lc.verification.inliers >= VerificationConfig().min_inliers and lc.verification.pose is None
@@ -193,3 +195,54 @@ def test_min_score_default_is_the_measured_one(corridor_frames, corridor_gt):
     kept, passed = np.mean(np.array(true) >= floor), np.mean(np.array(never) >= floor)
     print(f"min_score {floor}: keeps {kept:.2f} of true revisits, passes {passed:.2f} of never-visited frames")
     assert kept >= 0.9 and passed <= 0.5
+
+
+def test_dinov2_with_xfeat_local_features_publishes_metric_closures(tmp_path, tum_rgbd):
+    """A DINOv2 encoder (random-weight test model through the preset's own path) with XFeat's
+    ONNX network beside it (the encoder node's `local_features_model` parameter): its keypoints,
+    with the RGB-D camera's depths, verify loop closures into metric relative poses, right against
+    the motion capture. The map records which network made the keypoints and refuses another."""
+    import yaml
+
+    from anyloc_ros.core.config import EncoderSelection
+    from anyloc_ros.core.encoder import Encoder
+    from anyloc_ros.core.errors import MapError
+
+    from .conftest import XFEAT_ONNX
+    from .test_backbones import save_tiny_dinov2
+
+    frames, camera, _, _ = tum_rgbd
+    save_tiny_dinov2(tmp_path / "dinov2")
+    cfg = tmp_path / "dinov2.yaml"
+    cfg.write_text(yaml.safe_dump({"preset": "dinov2_vits14_gem", "backbone": {
+        "model": str(tmp_path / "dinov2"), "layer": 2, "max_side": 112, "device": "cpu", "precision": "float32"}}))
+    encoder = Encoder.from_config(EncoderSelection(encoder_config=str(cfg), local_features_model=str(XFEAT_ONNX)).build())
+    assert encoder.provides_keypoints and encoder.local_features == "xfeat"
+    sig = encoder.signature()
+    assert sig["local_features"].startswith("xfeat:xfeat.onnx:") and sig["backbone"] == "dinov2"
+    enc = [encoder.encode_frame(f.rgb, keypoints=512, camera=camera, depth=f.depth) for f in frames]
+    assert all(e.local.valid_depths > 300 and np.allclose(e.local.camera_matrix, camera.K) for e in enc)
+    db = PlaceDatabase(tmp_path / "map", sig, durable=False)
+    db.new_session("map")
+    mapped = {db.add(enc[i].descriptor, i * S, "cam", local=enc[i].local): i for i in range(0, 12, 2)}
+    assert np.isfinite(db.local_features(next(iter(mapped))).depths).sum() > 300  # stored with the keyframe
+    db.new_session("query")
+    cfg_loop = LoopClosureConfig(consistency=1, exclude_recent_count=0, exclude_recent_s=0, suppress_window=0,
+                                 top_k=6, consistency_window=100)
+    rec = PlaceRecognizer(db, cfg_loop, verification=VerificationConfig(candidates=6))
+    errors = []
+    for j in range(20, 40):
+        res = rec.query(enc[j].descriptor, (100 + j) * S, local=enc[j].local, camera="cam")
+        if res.loop is None:
+            continue
+        v = res.loop.verification
+        assert v is not None and v.verified and v.method == "pnp" and v.pose.scale_known
+        i = mapped[res.loop.match.keyframe_id]
+        truth = np.linalg.inv(frames[j].pose) @ frames[i].pose  # keyframe camera -> query camera
+        errors.append(np.linalg.norm(v.pose.translation - truth[:3, 3]))
+    print(f"DINOv2 + XFeat: {len(errors)} metric closures, translation error median {np.median(errors) * 100:.2f} cm")
+    assert len(errors) >= 8 and np.median(errors) < 0.03
+    db.close()
+    without = dict(sig, local_features="none")
+    with pytest.raises(MapError, match="local_features"):
+        PlaceDatabase(tmp_path / "map", without)

@@ -24,6 +24,7 @@ import yaml
 from .backbones import COMPILE_MODES, DINOV2_SIZES, FACETS, PRECISIONS, PREPROCESS_PLACES
 from .errors import ConfigError
 from .images import RESIZE_MODES
+from .local_features import LocalFeatureConfig
 from .settings import setting
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -158,6 +159,7 @@ class EncoderConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    local_features: LocalFeatureConfig = field(default_factory=LocalFeatureConfig)
     batch_size: int = 8
     preset: str | None = None
 
@@ -166,6 +168,8 @@ class EncoderConfig:
         self.backbone.validate()
         self.aggregation.validate()
         check_types(self.projection, "projection")
+        check_types(self.local_features, "local_features")
+        self.local_features.validate()
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         return self
@@ -181,11 +185,11 @@ class EncoderConfig:
             if preset not in PRESETS:
                 raise ConfigError(f"unknown encoder preset {preset!r}; known: {sorted(PRESETS)}")
             data = _merge(copy.deepcopy(PRESETS[preset]), data)
-        unknown = set(data) - {"backbone", "aggregation", "projection", "batch_size", "preset"}
+        unknown = set(data) - {"backbone", "aggregation", "projection", "local_features", "batch_size", "preset"}
         if unknown:
             raise ConfigError(f"unknown encoder config keys: {sorted(map(str, unknown))}")
         sections = {}
-        for name in ("backbone", "aggregation", "projection"):
+        for name in ("backbone", "aggregation", "projection", "local_features"):
             section = data.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"encoder config section '{name}' must be a mapping, got {type(section).__name__}")
@@ -195,6 +199,7 @@ class EncoderConfig:
                 backbone=BackboneConfig(**sections["backbone"]),
                 aggregation=AggregationConfig(**sections["aggregation"]),
                 projection=ProjectionConfig(**sections["projection"]),
+                local_features=LocalFeatureConfig(**sections["local_features"]),
                 batch_size=data.get("batch_size", 8),
                 preset=preset,
             )
@@ -231,6 +236,7 @@ class EncoderConfig:
         self.backbone.model_path = fix(self.backbone.model_path)
         self.aggregation.vocabulary = fix(self.aggregation.vocabulary)
         self.projection.pca = fix(self.projection.pca)
+        self.local_features.model_path = fix(self.local_features.model_path)
         # A DINOv2 model given as a directory relative to the file (hub ids stay as they are).
         if self.backbone.type == "dinov2" and (base / self.backbone.model).is_dir():
             self.backbone.model = str((base / self.backbone.model).resolve())
@@ -250,6 +256,9 @@ class EncoderSelection:
     pca: str = setting("", "PCA file; overrides the encoder config's projection.pca")
     device: str = setting("", "encoder device: auto (CUDA if available), cpu, cuda, cuda:N; empty = the encoder "
                           "config's backbone.device (auto unless set)")
+    local_features_model: str = setting("", "XFeat ONNX weights run beside the backbone for keypoints (geometric "
+                                        "verification of loop closures with DINOv2); overrides local_features."
+                                        "model_path")
 
     def build(self) -> EncoderConfig:
         if self.encoder_config:
@@ -262,6 +271,8 @@ class EncoderSelection:
             cfg.projection.pca = str(Path(self.pca).expanduser().resolve())
         if self.device:
             cfg.backbone.device = self.device
+        if self.local_features_model:
+            cfg.local_features.model_path = str(Path(self.local_features_model).expanduser().resolve())
         return cfg.validate()
 
 

@@ -65,6 +65,7 @@ class PlaceDatabase:
         self.durable = durable
         self._lock = threading.RLock()
         self._store: MapStore | None = None
+        self._local_depths: bool | None = None
         try:
             self._open(encoder_signature, create, session)
         except MapError:
@@ -215,7 +216,8 @@ class PlaceDatabase:
                     "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 conn.executemany(
                     "INSERT INTO local_features(id, keypoints, descriptors, dim, image_h, image_w, camera_matrix, "
-                    "camera_mount) VALUES (?,?,?,?,?,?,?,?)", [_local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None])
+                    "camera_mount, depths) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [_local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None])
                 if ids:
                     self.store.set_meta(conn, "last_id", ids[-1])
             self._next_id += n
@@ -259,8 +261,10 @@ class PlaceDatabase:
 
     def local_features(self, keyframe_id: int) -> LocalFeatures | None:
         """The keyframe's keypoints for geometric verification (None when it has none or they are damaged)."""
-        row = self.store.blob("keypoints, descriptors, dim, image_h, image_w, camera_matrix, camera_mount",
-                              keyframe_id, table="local_features")
+        if not self._local_depths:  # maps made before keypoint depths were stored have no column (until a writer adds it)
+            self._local_depths = self.store.has_column("local_features", "depths")
+        row = self.store.blob("keypoints, descriptors, dim, image_h, image_w, camera_matrix, camera_mount"
+                              + (", depths" if self._local_depths else ""), keyframe_id, table="local_features")
         if row is None:
             return None
         try:
@@ -268,7 +272,9 @@ class PlaceDatabase:
             desc = np.frombuffer(row[1], np.float16).reshape(len(kp), int(row[2]))
             K = None if row[5] is None else np.array(json.loads(row[5]), np.float64).reshape(3, 3)
             mount = None if row[6] is None else Pose(*map(float, json.loads(row[6])))
-            return LocalFeatures(kp, desc, np.ones(len(kp), np.float32), (int(row[3]), int(row[4])), K, mount)
+            depths = None if len(row) < 8 or row[7] is None else np.frombuffer(row[7], np.float32).reshape(len(kp))
+            return LocalFeatures(kp, desc, np.ones(len(kp), np.float32), (int(row[3]), int(row[4])), K, mount,
+                                 depths)
         except (ValueError, TypeError):
             log.error("map %s: keyframe %d has damaged local features; not verified", self.path, keyframe_id)
             return None
@@ -425,6 +431,7 @@ __all__ = ["PlaceDatabase", "IndexConfig", "Keyframe", "Match", "MapStats", "ind
 def _local_row(kid: int, lf: LocalFeatures) -> tuple[Any, ...]:
     K = None if lf.camera_matrix is None else json.dumps(np.asarray(lf.camera_matrix, float).ravel().tolist())
     mount = None if lf.camera_mount is None else json.dumps(list(lf.camera_mount.as_tuple()))
+    depths = None if lf.depths is None else np.ascontiguousarray(lf.depths, np.float32).tobytes()
     return (kid, np.ascontiguousarray(lf.keypoints, np.float32).tobytes(),
             np.ascontiguousarray(lf.descriptors, np.float16).tobytes(), int(lf.descriptors.shape[1]),
-            int(lf.image_size[0]), int(lf.image_size[1]), K, mount)
+            int(lf.image_size[0]), int(lf.image_size[1]), K, mount, depths)

@@ -26,13 +26,16 @@ import torch.nn.functional as F
 
 from .aggregation import VLAD, GeM
 from .backbones import DenseBackbone, Dinov2Backbone, nonfinite_hint
+from .camera import CameraModel
 from .config import EncoderConfig
+from .depth import sample_depths
 from .errors import ConfigError, FeatureDimensionError, ImageError
+from .geometry import Pose
 from .images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from .local_features import LocalFeatureConfig, XFeatExtractor, xfeat_keypoints, xfeat_signature
 from .onnx_backbone import OnnxBackbone
 from .projection import PCA
 from .types import EncoderSignature, LocalFeatures, digest
-from .verification import xfeat_keypoints
 from .vocabulary import Vocabulary
 
 
@@ -90,6 +93,7 @@ class Encoder:
         vocabulary: Vocabulary | None = None,
         config: EncoderConfig | None = None,
         batch_size: int = 8,
+        local: LocalFeatureConfig | None = None,
     ) -> None:
         if vocabulary is not None:  # the one compatibility check (every constructor path passes here)
             vocabulary.check_compatible(backbone.signature())
@@ -110,6 +114,7 @@ class Encoder:
         self.batch_size = batch_size
         self.dim = pca.output_dim if pca is not None else agg_dim
         self.timings = EncodeTimings()
+        self.local_features, self._xfeat = _local_features(local or LocalFeatureConfig(), backbone)
 
     @classmethod
     def from_config(cls, config: EncoderConfig | dict[str, Any] | str | Path) -> Encoder:
@@ -128,7 +133,7 @@ class Encoder:
         else:
             aggregator = GeM(agg.p, mode=agg.gem_mode)
         pca = PCA.load(config.projection.pca) if config.projection.pca else None
-        return cls(backbone, aggregator, pca, vocab, config, config.batch_size)
+        return cls(backbone, aggregator, pca, vocab, config, config.batch_size, config.local_features)
 
     def signature(self) -> EncoderSignature:
         """Everything that must match for two descriptors to be comparable."""
@@ -138,7 +143,17 @@ class Encoder:
         sig["preprocess"] = self.backbone.preprocessing()
         dtype = getattr(self.backbone, "dtype", None)  # recorded, not enforced (see EncoderSignature)
         sig["precision"] = str(dtype).replace("torch.", "") if dtype is not None else "onnx"
+        sig["local_features"] = self.local_signature()
         return sig
+
+    def local_signature(self) -> str:
+        """Which network made the keypoint descriptors ("none" without local features): keyframes
+        of one map must have comparable ones."""
+        if self.local_features == "backbone":
+            return xfeat_signature(self.backbone)
+        if self._xfeat is not None:
+            return self._xfeat.signature()
+        return "none"
 
     def pca_binding(self) -> dict[str, Any]:
         """What a PCA is fitted to: the un-projected descriptors of this backbone and aggregation."""
@@ -178,17 +193,24 @@ class Encoder:
 
     @property
     def provides_keypoints(self) -> bool:
-        """The backbone has keypoint heads (XFeat): local features for geometric verification."""
-        return getattr(self.backbone, "keypoint_heads", None) is not None
+        """Local features for geometric verification: the backbone's keypoint heads (XFeat) or
+        XFeat run beside it (local_features in the encoder config)."""
+        return self.local_features != "none"
 
     def encode_frame(self, rgb: np.ndarray, compress: Callable[[torch.Tensor], np.ndarray] | None = None,
-                     keypoints: int = 0) -> FrameEncoding:
+                     keypoints: int = 0, camera: CameraModel | None = None, depth: np.ndarray | None = None,
+                     mount: Pose | None = None) -> FrameEncoding:
         """One camera frame -> descriptor, compact patches (the patch features through `compress`,
-        a rerank.PatchCompressor, when given) and up to `keypoints` local features (when the
-        backbone provides them) from the same network run."""
+        a rerank.PatchCompressor, when given) and up to `keypoints` local features, finished with
+        the camera: each keypoint's depth from `depth` (HxW metres, registered to `rgb`, NaN = no
+        reading: depth.depth_in_metres), the lens distortion removed from the positions (they are
+        ideal pinhole pixels of `camera.K` afterwards), the intrinsics and the mount attached."""
         desc, _, local, patches = self._run([rgb], None, keep_features=False, compress=compress,
                                             keypoints=keypoints if self.provides_keypoints else 0)
-        return FrameEncoding(desc[0], patches[0], local[0])
+        lf = local[0]
+        if lf is not None:
+            lf = finish_local_features(lf, camera, depth, mount)
+        return FrameEncoding(desc[0], patches[0], lf)
 
     def _run(self, images: Any, batch_size: int | None, keep_features: bool, keypoints: int = 0,
              compress: Callable[[torch.Tensor], np.ndarray] | None = None
@@ -220,7 +242,8 @@ class Encoder:
                 pixels = self.backbone.preprocess([rgb[i] for i in chunk])
                 _sync(pixels)
                 t1 = time.perf_counter()
-                f, heads = self.backbone.forward_with_heads(pixels) if keypoints else (self.backbone.features(pixels), None)
+                own_heads = keypoints and self.local_features == "backbone"
+                f, heads = self.backbone.forward_with_heads(pixels) if own_heads else (self.backbone.features(pixels), None)
                 _sync(f)
                 t2 = time.perf_counter()
                 desc = self.aggregate(f)
@@ -230,10 +253,15 @@ class Encoder:
                         f"the encoder produced NaN/inf descriptors from {f.dtype} features: "
                         + nonfinite_hint(f.dtype))
                 out[chunk] = desc
-                if heads is not None:  # XFeat's keypoints from the same run (keypoint time counts as aggregation)
+                t_kp = time.perf_counter()
+                if heads is not None:  # XFeat's keypoints from the same run
                     for j, i in enumerate(chunk):
                         local[i] = xfeat_keypoints(*(h[j : j + 1] for h in heads), image_size=rgb[i].shape[:2],
                                                    top_k=keypoints)
+                elif keypoints and self._xfeat is not None:  # XFeat beside the backbone
+                    for i, lf in zip(chunk, self._xfeat.extract([rgb[i] for i in chunk], keypoints), strict=True):
+                        local[i] = lf
+                t.extra["keypoints"] = t.extra.get("keypoints", 0.0) + time.perf_counter() - t_kp
                 for j, i in enumerate(chunk):
                     if compress is not None:
                         patches[i] = compress(f[j])
@@ -247,6 +275,40 @@ class Encoder:
                 t.aggregate += t3 - t2
         self.timings = t
         return out, feats, local, patches
+
+
+def _local_features(cfg: LocalFeatureConfig, backbone: Any) -> tuple[str, XFeatExtractor | None]:
+    """("backbone" | "xfeat" | "none", the XFeat network run beside the backbone)."""
+    cfg.validate()
+    heads = getattr(backbone, "keypoint_heads", None) is not None
+    kind = cfg.type
+    if kind == "auto":
+        kind = "backbone" if heads else ("xfeat" if cfg.model_path else "none")
+    if kind == "backbone" and not heads:
+        raise ConfigError("local_features.type backbone: this backbone has no keypoint heads; use type xfeat with "
+                          "local_features.model_path (XFeat ONNX weights) or type none")
+    if kind != "xfeat":
+        return kind, None
+    device = getattr(backbone, "device", "auto")
+    return kind, XFeatExtractor(cfg.model_path, device=str(device) if device is not None else "auto", nms=cfg.nms,
+                                min_score=cfg.min_score)
+
+
+def finish_local_features(lf: LocalFeatures, camera: CameraModel | None, depth: np.ndarray | None,
+                          mount: Pose | None) -> LocalFeatures:
+    """A frame's keypoints with the camera applied: depths sampled at the detected (distorted)
+    positions, then the positions undistorted, K and the mount attached. The one place nodes and
+    offline tools finish local features."""
+    h, w = lf.image_size
+    depths = None
+    if depth is not None:
+        if depth.shape[:2] != (h, w):
+            raise ImageError(f"depth image of {depth.shape[1]}x{depth.shape[0]} does not match the colour image "
+                             f"of {w}x{h}")
+        depths = sample_depths(depth, lf.keypoints)
+    cam = camera.for_image(h, w) if camera is not None else None
+    kp = cam.undistort(lf.keypoints) if cam is not None else lf.keypoints
+    return LocalFeatures(kp, lf.descriptors, lf.scores, lf.image_size, None if cam is None else cam.K, mount, depths)
 
 
 def _sync(t: torch.Tensor) -> None:

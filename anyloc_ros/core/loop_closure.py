@@ -16,7 +16,11 @@ stream of queries into confirmed loop-closure candidates:
 4. one closure per revisit: once a closure is published (`publish`), candidates in its map
    neighbourhood (`suppress_window` keyframe ids, or `suppress_radius_m` with poses) are
    suppressed for `suppress_s` seconds, so a robot driving along a mapped corridor gives one
-   constraint per stretch of map instead of one per frame.
+   constraint per stretch of map instead of one per frame. The suppression belongs to the
+   revisit, so it also ends once the robot itself has moved on: it added `suppress_window`
+   keyframes of its own since that closure (a stretch as long as the neighbourhood), or, with
+   `suppress_travel_m` and poses, travelled that far. A robot that comes back to the
+   neighbourhood later (around a loop) is not blinded by a closure of its previous pass.
 
 `PlaceRecognizer` in recognition.py composes the map search, optional re-ranking and this
 filter; nodes and offline tools both use it.
@@ -148,12 +152,15 @@ class LoopClosureConfig:
                                       0, 1_000_000)
     rerank_min_similarity: float = 0.0  # patch pairs below this cosine similarity never count as matches
     suppress_window: int = setting(10, "after a published closure, candidates within this keyframe-id distance "
-                                   "of its keyframe (same session) are suppressed: one closure per revisit (0 = off)",
-                                   0, 1_000_000)
+                                   "of its keyframe (same session) are suppressed until the robot has added this many "
+                                   "keyframes of its own: one closure per revisit (0 = off)", 0, 1_000_000)
     suppress_radius_m: float = setting(0.0, "with poses: suppress candidates within this distance of the last "
                                        "closure's keyframe instead (0 = ids)", 0.0, 1e6)
     suppress_s: float = setting(30.0, "how long a closure suppresses its neighbourhood (0 = for the session)",
                                 0.0, 1e9)
+    suppress_travel_m: float = setting(0.0, "with poses: a closure also stops suppressing its neighbourhood once the "
+                                       "robot has travelled this far since it (localisation without new keyframes; "
+                                       "0 = off)", 0.0, 1e6)
 
     def validate(self) -> None:
         if self.top_k < 1:
@@ -164,7 +171,7 @@ class LoopClosureConfig:
             raise ConfigError(f"loop closure min_score is a cosine similarity in [-1, 1], got {self.min_score}")
         for name in ("exclude_recent_count", "exclude_recent_s", "exclude_travelled_m", "consistency_window",
                      "consistency_radius_m", "rerank_min_matches", "suppress_window", "suppress_radius_m",
-                     "suppress_s"):
+                     "suppress_s", "suppress_travel_m"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"loop closure {name} must be >= 0, got {v}")
@@ -207,7 +214,12 @@ class LoopClosureFilter:
         # per camera: the last accepted candidate and how many consecutive queries agreed with it
         # (a rear camera's queries must not break the front camera's streak)
         self._streaks: dict[str, tuple[Match, int]] = {}
-        self._published: deque[tuple[Match, int]] = deque()  # closures that suppress their neighbourhood
+        # closures that suppress their neighbourhood: (match, query stamp, robot's travel then or None,
+        # keyframes the robot had added then)
+        self._published: deque[tuple[Match, int, float | None, int]] = deque()
+        self._keyframes_added = 0
+        self._odometer = 0.0
+        self._last_query_pose: Pose | None = None
 
     def reset(self) -> None:
         self.__init__(self.config)
@@ -229,6 +241,7 @@ class LoopClosureFilter:
         self._travelled = self._advance(pose)
         if pose is not None:
             self._last_pose = pose
+        self._keyframes_added += 1
         self._recent.append(_Recent(keyframe_id, stamp_ns, self._travelled))
         # A keyframe that no rule excludes now never will be again (count, time and travel only
         # grow), so the deque stays as short as the exclusion rules need.
@@ -264,25 +277,42 @@ class LoopClosureFilter:
         return a.session == b.session and a.frame_id == b.frame_id and abs(a.keyframe_id - b.keyframe_id) <= window
 
     def suppressed(self, candidate: LoopCandidate) -> bool:
-        """An earlier published closure already links this neighbourhood (one closure per revisit)."""
+        """An earlier published closure already links this neighbourhood within the same revisit
+        (one closure per revisit)."""
         c = self.config
         if c.suppress_window == 0 and c.suppress_radius_m == 0:
             return False
         now = candidate.query.stamp_ns
         while self._published and c.suppress_s > 0 and abs(now - self._published[0][1]) * 1e-9 >= c.suppress_s:
             self._published.popleft()  # after a clock jump either way too: the neighbourhood is free again
+        travelled = self._travel_of(candidate.query)
+
+        def revisit_over(d: float | None, k: int) -> bool:  # the robot moved on since that closure
+            return (c.suppress_window > 0 and self._keyframes_added - k >= c.suppress_window) or \
+                (c.suppress_travel_m > 0 and travelled is not None and d is not None and travelled - d >= c.suppress_travel_m)
+
         return any(self.same_neighbourhood(candidate.match, m, c.suppress_radius_m, c.suppress_window)
-                   and (c.suppress_s == 0 or abs(now - t) * 1e-9 < c.suppress_s) for m, t in self._published)
+                   and (c.suppress_s == 0 or abs(now - t) * 1e-9 < c.suppress_s) and not revisit_over(d, k)
+                   for m, t, d, k in self._published)
+
+    def _travel_of(self, query: Query) -> float | None:
+        """The robot's odometry path length at this query (None without a pose)."""
+        return self._odometer if query.pose is not None else None
 
     def publish(self, candidate: LoopCandidate) -> None:
         """The candidate was published: its neighbourhood is suppressed from now on."""
-        self._published.append((candidate.match, candidate.query.stamp_ns))
+        self._published.append((candidate.match, candidate.query.stamp_ns, self._travel_of(candidate.query),
+                                self._keyframes_added))
         while len(self._published) > 10_000:
             self._published.popleft()
 
     def update(self, query: Query, candidates: list[Match]) -> LoopCandidate | None:
         """Feed the (already exclusion-filtered, best-first) candidates of one query."""
         c = self.config
+        if query.pose is not None:  # the robot's path length along its queries (mapping or not)
+            if self._last_query_pose is not None:
+                self._odometer += query.pose.distance_to(self._last_query_pose)
+            self._last_query_pose = query.pose
         excluded = self.excluded_ids(query)
         candidates = [m for m in candidates if m.keyframe_id not in excluded]
         best = candidates[0] if candidates else None

@@ -76,9 +76,13 @@ CREATE TABLE IF NOT EXISTS local_features (
     image_h INTEGER NOT NULL,
     image_w INTEGER NOT NULL,
     camera_matrix TEXT,
-    camera_mount TEXT
+    camera_mount TEXT,
+    depths BLOB
 );
 """
+# Columns added to a table after maps were made with it: (table, column, type). The writer adds
+# them on open; followers of an older map read without them.
+_LATER_COLUMNS = (("local_features", "depths", "BLOB"),)
 KEYFRAME_COLUMNS = "id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw"
 
 
@@ -195,6 +199,9 @@ class MapStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.executescript(_SCHEMA)  # tables added since the map was made (e.g. `removed`)
+            for table, column, kind in _LATER_COLUMNS:
+                if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             if app_id == 0:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")  # a map of an earlier version
         except sqlite3.Error as exc:
@@ -347,6 +354,13 @@ class MapStore:
             self.conn.execute("PRAGMA wal_checkpoint(FULL)")
         except sqlite3.Error as exc:
             raise self.error("save", exc) from exc
+
+    def has_column(self, table: str, column: str) -> bool:
+        """A follower of a map made before `column` was added reads without it."""
+        try:
+            return column in {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
 
     def blob(self, column: str, keyframe_id: int, table: str = "keyframes") -> Any:
         try:

@@ -42,6 +42,8 @@ class OnnxBackbone:
         mean / std: per-channel normalisation of RGB values in [0, 1].
         output_layout: "nchw" (B, D, h, w) or "nhwc" (B, h, w, D).
         device: "auto" / "cuda" use the TensorRT and CUDA providers when installed.
+        spin: onnxruntime's idle threads spin for the next run (its default: fastest alone);
+            off for a network that runs beside a torch one on the same cores.
     """
 
     kind = "onnx"
@@ -60,6 +62,7 @@ class OnnxBackbone:
         patch_size: int = 14,
         threads: int = 0,
         resize: str = "aspect",
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -79,6 +82,8 @@ class OnnxBackbone:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:  # idle threads sleep at once: a torch network sharing the CPU cores is not slowed
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types

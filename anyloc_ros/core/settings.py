@@ -16,6 +16,7 @@ gives the ROS parameter `keyframe.min_distance_m` (a field may override its full
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ class ParamSpec:
         d = self.default
         if isinstance(d, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(d, list):  # a list of numbers (ROS double array)
+            if not isinstance(value, (list, tuple, array.array)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                return value, f"{self.name}: expected a list of finite numbers, got {value!r}"
+            return [float(v) for v in value], None
         if type(value) is not type(d):
             return value, f"{self.name}: expected {type(d).__name__}, got {value!r}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -63,6 +69,8 @@ def setting(default: Any, description: str, min: float | None = None, max: float
             choices: tuple[str, ...] | None = None, name: str | None = None) -> Any:
     """A dataclass field that is also a ROS parameter (see the module docstring)."""
     meta = {"param": {"description": description, "min": min, "max": max, "choices": choices, "name": name}}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -74,7 +82,8 @@ def specs_of(cls: type) -> list[ParamSpec]:
         meta = f.metadata.get("param")
         if meta is None:
             continue  # a plain field: set in code, not a parameter
-        out.append(ParamSpec(meta["name"] or prefix + f.name, f.default, meta["description"], meta["min"],
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(ParamSpec(meta["name"] or prefix + f.name, default, meta["description"], meta["min"],
                              meta["max"], meta["choices"], f.name))
     return out
 

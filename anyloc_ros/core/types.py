@@ -27,16 +27,21 @@ class EncoderSignature(dict):
     hashes, dim, ...), as a JSON-able dict. Descriptors are comparable when `KEYS` agree; `id`
     names the whole signature on topics and in map records."""
 
-    KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim", "preprocess")
+    KEYS = ("backbone", "model", "layer", "facet", "aggregation", "vocabulary", "pca", "dim", "preprocess",
+            "local_features")
     # Recorded since the map format gained them: a map with no value for one (made before, or by
     # a caller that does not know it) is not refused for it. `precision` is recorded but never enforced: fp16/bf16 and fp32
     # descriptors of one encoder agree to cosine >= 0.9999, and a map built on a GPU robot must
-    # serve a CPU one.
-    LATER_KEYS = ("preprocess",)
+    # serve a CPU one. `local_features` names the network whose keypoint descriptors the map's
+    # keyframes hold (verification matches them): another one is refused like another backbone.
+    LATER_KEYS = ("preprocess", "local_features")
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(json.dumps(self, sort_keys=True).encode()).hexdigest()[:12]
+        """Names what makes descriptors comparable (KEYS), not how they were computed: the
+        precision is left out, so a map built on a GPU robot accepts a CPU robot's descriptors."""
+        return hashlib.sha256(json.dumps({k: self.get(k) for k in self.KEYS}, sort_keys=True).encode()
+                              ).hexdigest()[:12]
 
     @property
     def dim(self) -> int:
@@ -86,8 +91,10 @@ class Match:
 class LocalFeatures:
     """Keypoints of one image for geometric verification (core/verification.py): (n, 2) pixel
     positions (x, y) in the original image, (n, d) L2-normalised descriptors (float16), (n,)
-    detection scores, the image size, the camera's 3x3 intrinsic matrix when known, and where the
-    camera is mounted on the robot (the camera frame's pose in the base frame; None = identity)."""
+    detection scores, the image size, the camera's 3x3 intrinsic matrix when known (the positions
+    are then ideal pinhole pixels of it: lens distortion removed), where the camera is mounted on
+    the robot (the camera frame's pose in the base frame; None = identity) and, from an RGB-D
+    camera, each keypoint's depth in metres (NaN where it has none; None: no depth image)."""
 
     keypoints: np.ndarray
     descriptors: np.ndarray
@@ -95,15 +102,24 @@ class LocalFeatures:
     image_size: tuple[int, int]  # (height, width)
     camera_matrix: np.ndarray | None = None
     camera_mount: Pose | None = None
+    depths: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keypoints)
         if self.keypoints.shape != (n, 2) or self.descriptors.ndim != 2 or len(self.descriptors) != n \
-                or len(self.scores) != n:
+                or len(self.scores) != n or (self.depths is not None and np.shape(self.depths) != (n,)):
             raise ValueError(f"local features of inconsistent shapes: keypoints {self.keypoints.shape}, "
-                             f"descriptors {self.descriptors.shape}, scores {self.scores.shape}")
+                             f"descriptors {self.descriptors.shape}, scores {self.scores.shape}, depths "
+                             f"{None if self.depths is None else np.shape(self.depths)}")
         if self.camera_matrix is not None:
             self.camera_matrix = np.asarray(self.camera_matrix, np.float64).reshape(3, 3)
+        if self.depths is not None:
+            d = np.asarray(self.depths, np.float32)
+            self.depths = np.where(np.isfinite(d) & (d > 0), d, np.float32(np.nan))
+
+    @property
+    def valid_depths(self) -> int:
+        return 0 if self.depths is None else int(np.isfinite(self.depths).sum())
 
 
 @dataclass

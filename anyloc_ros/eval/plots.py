@@ -17,8 +17,9 @@ def _plt():
 
 
 def _save(plt, fig, ax, path: Path) -> Path:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for a in np.atleast_1d(ax):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -60,3 +61,24 @@ def similarity_matrix(similarity: np.ndarray, positives: list[set[int]], path: P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def pose_errors(scored: list[dict], path: Path) -> Path:
+    """Loop closures' translation and rotation errors against their published 1-sigma (the
+    covariance's trace per axis): points below the 2-sigma line are where an honest covariance
+    puts about 95% of them."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    panels = (("translation", "translation_error", slice(0, 3), 100.0, "cm"),
+              ("rotation", "rotation_error", slice(3, 6), float(np.degrees(1.0)), "deg"))
+    for ax, (name, key, part, unit, label) in zip(axes, panels, strict=True):
+        err = np.array([s[key] for s in scored]) * unit
+        sig = np.array([np.sqrt(np.trace(s["cov"][part, part])) for s in scored]) * unit
+        ax.scatter(sig, err, s=12, label=f"{len(err)} closures")
+        top = float(max(sig.max(initial=0), err.max(initial=0)) * 1.1 or 1.0)
+        ax.plot([0, top], [0, 2 * top], "r--", lw=1, label="error = 2 sigma")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"published sigma ({label})")
+        ax.set_ylabel(f"{name} error ({label})")
+    return _save(plt, fig, axes, path)

@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..core.depth import DEPTH_ENCODINGS, depth_in_metres
 from ..core.errors import ImageError
 from ..core.geometry import Pose
 from ..core.images import as_rgb_uint8, decode_image_bytes, max_image_pixels
@@ -66,6 +67,30 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
         return np.ascontiguousarray(convert_color(img, enc, "rgb8"))
     except (RosbagsImageError, cv2.error) as exc:
         raise ImageError(f"cannot convert {enc!r} image to RGB: {exc}") from exc
+
+
+def depth_msg_to_metres(msg: Any, scale: float = 0.001, min_m: float = 0.0, max_m: float = float("inf")
+                        ) -> np.ndarray:
+    """sensor_msgs/Image of a depth camera (16UC1 / mono16 in units of `scale` metres, 32FC1 in
+    metres; REP 118) -> HxW float32 metres, NaN where there is no reading (0, NaN, outside
+    [min_m, max_m])."""
+    enc = (msg.encoding or "").strip()
+    if enc not in DEPTH_ENCODINGS:
+        raise ImageError(f"depth image encoding {enc!r} is not a depth encoding ({', '.join(DEPTH_ENCODINGS)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise ImageError(f"empty depth image ({w}x{h})")
+    if h * w > max_image_pixels():
+        raise ImageError(f"depth image of {w}x{h} pixels exceeds the limit of {max_image_pixels()} pixels")
+    dtype = np.dtype(np.float32 if enc == "32FC1" else np.uint16)
+    row = w * dtype.itemsize
+    data = memoryview(msg.data).cast("B") if not isinstance(msg.data, (bytes, bytearray)) else msg.data
+    if step < row or len(data) < step * h:
+        raise ImageError(f"depth image data ({len(data)} bytes, step {step}) does not hold {w}x{h} {enc} pixels")
+    img = np.ascontiguousarray(np.frombuffer(data, np.uint8, count=step * h).reshape(h, step)[:, :row]).view(dtype)
+    if bool(msg.is_bigendian) != (sys.byteorder == "big"):
+        img = img.byteswap()
+    return depth_in_metres(img, scale, min_m, max_m)
 
 
 def message_to_rgb(msg: Any) -> np.ndarray:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import array
+import json
 from typing import Any
 
 import numpy as np
 from rclpy.node import Node
 
-from ..core.types import DescriptorFrame, LocalFeatures
+from ..core.types import DescriptorFrame, EncoderSignature, LocalFeatures
 from .conversions import pose_from_msg, pose_to_msg, stamp_to_ns
 from .diagnostics import RateStats, log_error
 
@@ -52,6 +53,8 @@ def frame_to_msg(frame: DescriptorFrame, header: Any) -> Any:
             m.camera_matrix = [float(v) for v in np.asarray(lf.camera_matrix).ravel()]
         if lf.camera_mount is not None:
             m.camera_mount = pose_to_msg(lf.camera_mount, type(m.camera_mount))
+        if lf.depths is not None:
+            m.keypoint_depths = float32_array(lf.depths)
     return m
 
 
@@ -76,8 +79,15 @@ def _local_from_msg(msg: Any) -> LocalFeatures | None:
     if not identity and not mount.is_valid():
         raise ValueError("camera_mount is not a valid pose (non-finite, or not a unit quaternion)")
     n = kp.size // 2
+    depths = None
+    if len(msg.keypoint_depths):
+        depths = _as_float32(msg.keypoint_depths)
+        if depths.size != n:
+            raise ValueError(f"{depths.size} keypoint depths for {n} keypoints")
+        if np.any(np.isinf(depths)) or np.nanmin(np.r_[depths, 1.0]) < 0:
+            raise ValueError("keypoint depths must be positive metres or NaN (no depth)")
     return LocalFeatures(kp.reshape(n, 2), desc.reshape(n, dim).astype(np.float16), np.ones(n, np.float32),
-                         (int(msg.image_height), int(msg.image_width)), K, None if identity else mount)
+                         (int(msg.image_height), int(msg.image_width)), K, None if identity else mount, depths)
 
 
 def frame_from_msg(msg: Any) -> DescriptorFrame:
@@ -95,18 +105,55 @@ def frame_from_msg(msg: Any) -> DescriptorFrame:
                            patches, thumb, float(msg.encode_ms), _local_from_msg(msg))
 
 
-def accept_descriptor(node: Node, msg: Any, stats: RateStats, map_encoder_id: str) -> DescriptorFrame | None:
+class EncoderGate:
+    """Which encoders' descriptors a node's map takes: its own encoder id, and any encoder whose
+    full signature (latched on `encoder_info`) the map's signature accepts (EncoderSignature.diff:
+    a map made before a signature field existed, or one recording another precision)."""
+
+    def __init__(self) -> None:
+        self.map_signature: EncoderSignature | None = None
+        self.signatures: dict[str, EncoderSignature] = {}  # encoder id -> signature, from encoder_info
+
+    @property
+    def map_id(self) -> str:
+        return self.map_signature.id if self.map_signature is not None else ""
+
+    def learn(self, text: str) -> EncoderSignature | None:
+        """An encoder_info message (the encoder's signature as JSON); None when malformed."""
+        try:
+            sig = EncoderSignature(json.loads(text))
+        except (ValueError, TypeError):
+            return None
+        self.signatures[sig.id] = sig
+        return sig
+
+    def refusal(self, encoder_id: str) -> str | None:
+        """Why descriptors of `encoder_id` may not enter the map (None: they may)."""
+        if self.map_signature is None or encoder_id == self.map_id:
+            return None
+        theirs = self.signatures.get(encoder_id)
+        if theirs is not None:
+            diffs = self.map_signature.diff(theirs)
+            if not diffs:
+                return None
+            return f"descriptor from encoder {encoder_id} refused: the map was built with another encoder (" + \
+                "; ".join(diffs) + ")"
+        return (f"descriptor from encoder {encoder_id or '(none given)'} refused: the map was built with encoder "
+                f"{self.map_id}")
+
+
+def accept_descriptor(node: Node, msg: Any, stats: RateStats, gate: EncoderGate) -> DescriptorFrame | None:
     """A PlaceDescriptor message as a frame, or None (logged, counted) when it is malformed or
-    comes from another encoder than the map's (`map_encoder_id`, empty while no map is open)."""
+    comes from an encoder the map does not take (`gate`; every encoder while no map is open)."""
     try:
         frame = frame_from_msg(msg)
     except (ValueError, TypeError) as exc:
         stats.inc("frames_rejected")
         log_error(node, f"descriptor rejected: {exc}")
         return None
-    if map_encoder_id and msg.encoder_id != map_encoder_id:  # an empty id is no exception
+    why = gate.refusal(msg.encoder_id)
+    if why is not None:
         stats.inc("frames_rejected")
-        log_error(node, f"descriptor from encoder {msg.encoder_id or '(none given)'} refused: the map was built "
-                        f"with encoder {map_encoder_id}")
+        log_error(node, why)
         return None
     return frame

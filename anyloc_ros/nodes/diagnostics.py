@@ -71,7 +71,7 @@ def log_throttled(logger: Any, message: str, level: str = "error", period_s: flo
         logger = logger.get_logger()
     key = (getattr(logger, "name", ""), re.sub(r"[0-9.]+", "#", message)[:80])
     now = time.monotonic()
-    if now - _LAST_LOGGED.get(key, -1e9) >= period_s:
+    if key not in _LAST_LOGGED or now - _LAST_LOGGED[key] >= period_s:  # period inf: once per kind
         _LAST_LOGGED[key] = now
         getattr(logger, {"warning": "warn"}.get(level, level))(message)
 

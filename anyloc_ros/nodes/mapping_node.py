@@ -14,7 +14,6 @@ Services: `save_map` (anyloc_ros/SaveMap), `new_session` (NewSession), `get_map_
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -29,8 +28,8 @@ from ..core.loop_closure import KeyframeGateConfig
 from ..core.map_index import IndexConfig
 from ..core.mapping import Mapper
 from ..core.params import MappingSettings, MapSettings, PoseSettings
-from ..core.types import DescriptorFrame, EncoderSignature
-from .descriptor_msg import accept_descriptor
+from ..core.types import DescriptorFrame
+from .descriptor_msg import EncoderGate, accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error, log_throttled
 from .parameters import declare, validate_map_path
 from .pose_input import PoseInput
@@ -57,7 +56,7 @@ class MappingNode(Node):
         self.stats = RateStats()
         self.db: PlaceDatabase | None = None
         self.mapper: Mapper | None = None
-        self.map_encoder_id = ""
+        self.encoders = EncoderGate()
         self.poses = PoseInput(self, pose_settings, self.stats)
         self._pending: deque[DescriptorFrame] = deque(maxlen=100)
         self._lock = threading.Lock()
@@ -78,6 +77,7 @@ class MappingNode(Node):
         else:
             self.get_logger().info(f"no map at {self.map_path} yet: waiting for the encoder's signature on "
                                    f"{self.resolve_topic_name('encoder_info')}")
+        if subscribe_descriptors:  # the encoders' signatures: a new map records one, the gate learns them all
             self.create_subscription(String, "encoder_info", self._on_encoder_info, latched_qos())
 
     def _open(self, signature: dict[str, Any] | None) -> None:
@@ -86,25 +86,28 @@ class MappingNode(Node):
         mapper = Mapper(db, self.gate_config)
         if st.new_session_on_start or st.session:
             mapper.new_session(st.session or None)
-        self.map_encoder_id = db.encoder_signature.id
+        self.encoders.map_signature = db.encoder_signature
         self.stats.values["map_size"] = str(len(db))
         self.stats.values["session"] = db.session
         self.db, self.mapper = db, mapper
         self.get_logger().info(
             f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
-            f"pose source {self.poses.source}, encoder {self.map_encoder_id})")
+            f"pose source {self.poses.source}, encoder {self.encoders.map_id})")
 
     def _on_encoder_info(self, msg: Any) -> None:
+        sig = self.encoders.learn(msg.data)
         if self.db is not None:
             return
         try:
-            self._open(EncoderSignature(json.loads(msg.data)))
+            if sig is None:
+                raise ValueError("encoder_info is not a JSON signature")
+            self._open(sig)
         except (AnyLocError, ValueError) as exc:
             self.get_logger().error(f"cannot create the map from the encoder signature: {exc}")
 
     # ---- input
     def _on_descriptor(self, msg: Any) -> None:
-        frame = accept_descriptor(self, msg, self.stats, self.map_encoder_id)
+        frame = accept_descriptor(self, msg, self.stats, self.encoders)
         if frame is not None:
             self.handle_frame(frame)
 
@@ -232,7 +235,7 @@ class MappingNode(Node):
             return res
         st = self.db.stats()
         res.keyframes, res.sessions, res.current_session = st.keyframes, len(st.sessions), st.current_session
-        res.map_path, res.encoder_id = str(self.db.path), self.map_encoder_id
+        res.map_path, res.encoder_id = str(self.db.path), self.encoders.map_id
         res.descriptor_dim, res.index_type = st.dim, st.index_type
         return res
 

@@ -10,8 +10,9 @@ revisited neighbourhood. Publishes:
 * `place_matches` (anyloc_ros/PlaceMatch) for every query;
 * `loop_closures` (anyloc_ros/LoopClosure) for confirmed candidates;
 * optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped, by default only
-  for published loop closures: the matched keyframe's position, its orientation corrected by
-  the verified relative rotation with the fit's covariance; see `_publish_relocalization`), `loop_closure_markers` (visualization_msgs/MarkerArray) and
+  for published loop closures: the matched keyframe's pose composed with the verified relative
+  pose and its covariance, metric with depth, orientation only without; see
+  core/relative_pose.relocalization), `loop_closure_markers` (visualization_msgs/MarkerArray) and
   `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
 """
 
@@ -26,20 +27,21 @@ from rclpy.node import Node
 
 from ..core.database import PlaceDatabase
 from ..core.errors import AnyLocError
-from ..core.geometry import Pose, pose_from_matrix, pose_matrix, rotation_matrix
+from ..core.geometry import Pose
 from ..core.loop_closure import LoopClosureConfig
 from ..core.map_index import IndexConfig
 from ..core.params import MapSettings, PoseSettings, RecognitionSettings
 from ..core.recognition import PlaceRecognizer, RecognitionResult
+from ..core.relative_pose import relocalization
 from ..core.sequence import SequenceConfig
 from ..core.types import DescriptorFrame
 from ..core.verification import VerificationConfig
 from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
-from .descriptor_msg import accept_descriptor
+from .descriptor_msg import EncoderGate, accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error
 from .parameters import declare, validate_map_path
 from .pose_input import PoseInput
-from .qos import queue_qos
+from .qos import latched_qos, queue_qos
 from .spin import run_node
 
 
@@ -48,6 +50,7 @@ class RecognitionNode(Node):
         super().__init__(name, **kwargs)
         from geometry_msgs.msg import PoseWithCovarianceStamped
         from sensor_msgs.msg import Image
+        from std_msgs.msg import String
         from visualization_msgs.msg import MarkerArray
 
         from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
@@ -63,7 +66,7 @@ class RecognitionNode(Node):
         self.map_id = ""
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
-        self.map_encoder_id = ""
+        self.encoders = EncoderGate()
         self._started = time.monotonic()
         self._edges: list[Any] = []
         self.poses = PoseInput(self, params.get(PoseSettings), self.stats)
@@ -75,6 +78,8 @@ class RecognitionNode(Node):
         self.image_pub = self.create_publisher(Image, "match_image", 2) if st.publish_debug_image else None
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
             self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, queue_qos(st.descriptor_queue))
+            # the encoders' signatures: descriptors of one the map accepts under another id are taken
+            self.create_subscription(String, "encoder_info", lambda m: self.encoders.learn(m.data), latched_qos())
         self._last_seq: dict[str, int] = {}
         self.diagnostics = Diagnostics(self, "recognition", self.stats)
         if not self._try_open():
@@ -99,16 +104,16 @@ class RecognitionNode(Node):
         self.map_id = str(db.store.meta("map_id") or "")
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
         self.diagnostics.set_status(0, "ok")
-        self.map_encoder_id = db.encoder_signature.id
+        self.encoders.map_signature = db.encoder_signature
         if getattr(self, "_wait_timer", None) is not None:
             self._wait_timer.cancel()
         self.stats.values["map_size"] = str(len(db))
         self.get_logger().info(f"recognising against {db.path}: {len(db)} keyframes in {len(db.sessions())} "
-                               f"session(s), encoder {self.map_encoder_id}, index {db.index_config.type}")
+                               f"session(s), encoder {self.encoders.map_id}, index {db.index_config.type}")
         return True
 
     def _on_descriptor(self, msg: Any) -> None:
-        frame = accept_descriptor(self, msg, self.stats, self.map_encoder_id)
+        frame = accept_descriptor(self, msg, self.stats, self.encoders)
         if frame is not None:
             self.handle_frame(frame, msg.header)
 
@@ -141,6 +146,8 @@ class RecognitionNode(Node):
             self.stats.inc("loop_closures_suppressed")
         if result.rejected is not None:
             self.stats.inc("loop_closures_rejected")
+            if result.rejected.reason in ("distance", "depth"):  # metric checks: not a revisit, depth disagrees
+                self.stats.inc(f"loop_closures_refused_{result.rejected.reason}")
         self.stats.values["map_size"] = str(rec.map_size)
         if result.matches:
             self.stats.values["last_match_score"] = f"{result.matches[0].score:.3f}"
@@ -190,7 +197,7 @@ class RecognitionNode(Node):
                 self._publish_markers(h, q.pose, lc.match.pose)
             if self.reloc_pub is not None and lc.match.pose is not None \
                     and lc.match.score >= self.settings.relocalization_min_score:
-                self._publish_relocalization(h, lc.match.pose, edge)
+                self._publish_relocalization(h, lc.match.pose, edge, msg.scale_known)
         elif not self.settings.relocalization_requires_loop and self.reloc_pub is not None and best is not None \
                 and best.pose is not None and best.score >= self.settings.relocalization_min_score:
             self._publish_relocalization(h, best.pose, None)  # one frame's appearance alone: unverified
@@ -225,28 +232,15 @@ class RecognitionNode(Node):
                 msg.scale_known = bool(v.pose.scale_known)
         return msg
 
-    def _publish_relocalization(self, h: Any, keyframe_pose: Pose, edge: tuple[Pose, np.ndarray] | None) -> None:
-        """The query's pose from the matched keyframe's: with a verified relative pose, its
-        orientation is the keyframe's composed with the fitted rotation and the orientation
-        covariance is the fit's; the position stays the keyframe's (monocular: the distance is
-        unknown), with `relocalization_covariance` as its variance."""
+    def _publish_relocalization(self, h: Any, keyframe_pose: Pose, edge: tuple[Pose, np.ndarray] | None,
+                                scale_known: bool = False) -> None:
+        """The query's pose from the matched keyframe's (core relative_pose.relocalization): metric
+        with a depth-verified closure, orientation only with a monocular one."""
         from geometry_msgs.msg import Pose as PoseMsg
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
+        pose, cov = relocalization(keyframe_pose, edge, scale_known, self.settings.relocalization_covariance)
         msg = PoseWithCovarianceStamped(header=h)
-        var = self.settings.relocalization_covariance
-        cov = np.zeros((6, 6))
-        cov[[0, 1, 2], [0, 1, 2]] = var
-        pose = keyframe_pose
-        if edge is None:
-            cov[[3, 4, 5], [3, 4, 5]] = 0.1 * var
-        else:
-            rel, rel_cov = edge
-            T = pose_matrix(keyframe_pose)
-            R_kf = T[:3, :3].copy()  # rotation covariance: match base frame -> pose frame
-            T[:3, :3] = R_kf @ rotation_matrix(rel.quaternion)
-            pose = pose_from_matrix(T)
-            cov[3:, 3:] = R_kf @ rel_cov[3:, 3:] @ R_kf.T
         msg.pose.pose = pose_to_msg(pose, PoseMsg)
         msg.pose.covariance = cov.ravel().tolist()
         self.reloc_pub.publish(msg)

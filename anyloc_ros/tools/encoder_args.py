@@ -15,13 +15,16 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="override backbone.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--vocabulary", help="override aggregation.vocabulary (VLAD vocabulary file)")
     p.add_argument("--pca", help="override projection.pca (PCA file from `anyloc fit-pca`)")
+    p.add_argument("--local-features-model", help="XFeat ONNX weights for keypoints beside the backbone "
+                   "(verified loop closures with DINOv2); overrides local_features.model_path")
 
 
 def encoder_selection(args: argparse.Namespace) -> EncoderSelection:
     """The same record the encoder node builds from its parameters (unset options keep its defaults)."""
     given = {"encoder_config": getattr(args, "config", None), "encoder_preset": getattr(args, "preset", None),
              "vocabulary": getattr(args, "vocabulary", None), "pca": getattr(args, "pca", None),
-             "device": getattr(args, "device", None)}
+             "device": getattr(args, "device", None),
+             "local_features_model": getattr(args, "local_features_model", None)}
     return EncoderSelection(**{k: v for k, v in given.items() if v})
 
 
