@@ -5,7 +5,22 @@ generates the messages. `pip install .` alone gives the ROS-free core and the `a
 scripts/setup.sh does both inside a venv on machines with ROS 2 from PyPI.
 """
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def executables() -> list[str]:
+    """Console scripts from bin/, the one list of executables (CMake installs the same files for
+    `ros2 run`): each launcher names the module whose main() it runs."""
+    out = []
+    for path in sorted(Path(__file__).resolve().parent.joinpath("bin").iterdir()):
+        module = re.search(r"^from (\S+) import main$", path.read_text(), re.M)
+        if module:
+            out.append(f"{path.name} = {module.group(1)}:main")
+    return out
+
 
 setup(
     name="anyloc_ros",
@@ -31,13 +46,5 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/anyloc_ros"]),
         ("share/anyloc_ros", ["package.xml"]),
     ],
-    entry_points={
-        "console_scripts": [
-            "anyloc = anyloc_ros.tools.cli:main",
-            "anyloc_encoder_node = anyloc_ros.nodes.encoder_node:main",
-            "anyloc_mapping_node = anyloc_ros.nodes.mapping_node:main",
-            "anyloc_recognition_node = anyloc_ros.nodes.recognition_node:main",
-            "anyloc_pipeline = anyloc_ros.nodes.composition:main",
-        ]
-    },
+    entry_points={"console_scripts": executables()},
 )

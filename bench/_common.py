@@ -14,6 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "RESULTS.md"
+from anyloc_ros.testing import VIT_GIANT, VIT_LAYERS, VIT_SIZES, save_random_dinov2  # noqa: E402,F401 (re-exported)
+
 SHARED = Path(os.environ.get("ANYLOC_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -85,24 +87,3 @@ def record(title: str, command: str, body: str) -> None:
         RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in bench/ (newest last).\n")
     with RESULTS.open("a") as f:
         f.write(section)
-
-
-# Randomly initialised DINOv2 models (time and memory do not depend on the weights): ViT-S/B
-# (used at layer 9 of 12) and ViT-G/14 as AnyLoc uses it (SwiGLU MLP, layer 31 of 40).
-VIT_SIZES = {"ViT-S/14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-             "ViT-B/14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
-VIT_GIANT = {"ViT-G/14": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True,
-                              mlp_ratio=4)}
-VIT_LAYERS = {"ViT-S/14": 9, "ViT-B/14": 9, "ViT-G/14": 31}
-
-
-def save_random_dinov2(directory: str | Path, name: str, config: dict) -> str:
-    """A DINOv2 of `config` with random weights (seed 0), saved with save_pretrained under
-    `directory`: a path the product loads like a downloaded checkpoint."""
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    path = f"{directory}/{name.replace('/', '')}"
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **config)).save_pretrained(path)
-    return path

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from _common import SHARED, VIT_GIANT, VIT_LAYERS, VIT_SIZES, record, save_random_dinov2, table, timeit  # noqa: I001
 
-from anyloc_ros.core.aggregation import VLAD
-from anyloc_ros.core.backbones import Dinov2Backbone
-from anyloc_ros.core.encoder import Encoder
-from anyloc_ros.core.images import decode_image_bytes
-from anyloc_ros.core.onnx_backbone import OnnxBackbone
-from anyloc_ros.core.projection import PCA
+from anyloc_ros.core.encoding.aggregation import VLAD
+from anyloc_ros.core.encoding.backbones import Dinov2Backbone
+from anyloc_ros.core.encoding.encoder import Encoder
+from anyloc_ros.core.encoding.images import decode_image_bytes
+from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
+from anyloc_ros.core.encoding.projection import PCA
 
 # input name -> (backbone resize, image size, camera frame size)
 INPUTS = {"224x224": ("fixed", (224, 224), (480, 640)), "322x322": ("fixed", (322, 322), (480, 640)),
@@ -97,7 +97,8 @@ def main(record_result: bool = True) -> None:
     bf16_rows: list = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VIT_SIZES.items():
-            path = save_random_dinov2(tmp, name, kw)
+            path = f"{tmp}/{name.replace('/', '')}"
+            save_random_dinov2(path, **kw)
             for side in (224, 448):
                 bb = Dinov2Backbone(path, layer=9, facet="value", image_size=(side, side), resize="fixed", device="cpu",
                                     precision="float32")
@@ -159,7 +160,8 @@ def device_table(device: str, sizes: dict, inputs: list[str], batches: list[int]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in sizes.items():
-            path = save_random_dinov2(tmp, name, kw)
+            path = f"{tmp}/{name.replace('/', '')}"
+            save_random_dinov2(path, **kw)
             for inp in inputs:
                 resize, size, cam = INPUTS[inp]
                 modes = ["none"] + ([compile_mode] if compile_mode != "none" else [])
@@ -195,7 +197,7 @@ def local_feature_rows(device: str, sizes: dict, repeat: int) -> list:
     xfeat = SHARED / "weights" / "xfeat.onnx"
     if not xfeat.is_file():
         return []
-    from anyloc_ros.core.local_features import LocalFeatureConfig
+    from anyloc_ros.core.config.encoder import LocalFeatureConfig
 
     timer = device_timer(torch.device(device))
     frame = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_640x480(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -212,7 +214,8 @@ def local_feature_rows(device: str, sizes: dict, repeat: int) -> list:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in sizes.items():
-            path = save_random_dinov2(tmp, name, kw)
+            path = f"{tmp}/{name.replace('/', '')}"
+            save_random_dinov2(path, **kw)
             bb = Dinov2Backbone(path, layer=VIT_LAYERS[name], facet="value", resize="aspect", max_side=448,
                                 device=device)
             enc = encoder_for(bb, kw["hidden_size"])
@@ -249,7 +252,7 @@ def main_local_features(args: argparse.Namespace) -> None:
              "timing of its keypoints: XFeat's network plus the selection from its heads where it runs beside the "
              "backbone (onnxruntime with idle threads that do not spin, so the torch backbone on the same cores is "
              "not slowed: with spinning the ViT-S row added 56 ms), the selection alone (cell-level, "
-             "core/local_features.py) where XFeat is the backbone.")
+             "core/encoding/local_features.py) where XFeat is the backbone.")
     record_or_print(args, f"Local features (XFeat keypoints) per frame on {args.device}", body)
 
 

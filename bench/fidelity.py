@@ -29,11 +29,11 @@ def recall(sim: np.ndarray, gt: list[set[int]], k: int) -> float:
 
 
 def corridor_rows() -> tuple[list[list[object]], list[list[object]]]:
-    from anyloc_ros.core.aggregation import VLAD
-    from anyloc_ros.core.images import list_images, load_image
-    from anyloc_ros.core.onnx_backbone import OnnxBackbone
-    from anyloc_ros.core.projection import PCA
-    from anyloc_ros.core.vocabulary import fit_vocabulary
+    from anyloc_ros.core.encoding.aggregation import VLAD
+    from anyloc_ros.core.encoding.images import list_images, load_image
+    from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
+    from anyloc_ros.core.encoding.projection import PCA
+    from anyloc_ros.core.encoding.vocabulary import fit_vocabulary
     from anyloc_ros.eval.datasets import read_positives_csv
 
     corridor = SHARED / "corridor"
@@ -72,15 +72,16 @@ def corridor_rows() -> tuple[list[list[object]], list[list[object]]]:
 
 
 def resize_rows() -> list[list[object]]:
-    from anyloc_ros.core.backbones import Dinov2Backbone
-    from anyloc_ros.core.images import load_image
+    from anyloc_ros.core.encoding.backbones import Dinov2Backbone
+    from anyloc_ros.core.encoding.images import load_image
 
     frames = {"corridor 160x120": load_image(sorted((SHARED / "corridor" / "query").glob("*.jpg"))[0]),
               "TUM 640x480": load_image(sorted((SHARED / "tum_fr2_desk" / "rgb").glob("*.png"))[0])}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VIT_SIZES.items():
-            path = save_random_dinov2(tmp, name, kw)
+            path = f"{tmp}/{name.replace('/', '')}"
+            save_random_dinov2(path, **kw)
             for frame, img in frames.items():
                 times = {}
                 for resize in ("anyloc", "aspect"):

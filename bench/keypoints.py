@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from _common import SHARED, run_recorded, table
 
 from anyloc_ros.core.camera import CameraModel
-from anyloc_ros.core.encoder import finish_local_features
-from anyloc_ros.core.local_features import XFeatExtractor, xfeat_keypoints
+from anyloc_ros.core.config.recognition import VerificationConfig
+from anyloc_ros.core.encoding.encoder import finish_local_features
+from anyloc_ros.core.encoding.local_features import XFeatExtractor, xfeat_keypoints
 from anyloc_ros.core.types import LocalFeatures
-from anyloc_ros.core.verification import VerificationConfig
 from anyloc_ros.eval.poses import load_tum_rgbd, pair_errors, revisit_pairs
 
 DATA = SHARED / "tum_fr1_xyz"

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from _common import record, table  # noqa: I001
 
-from anyloc_ros.core.database import PlaceDatabase
+from anyloc_ros.core.config.recognition import KeyframeGateConfig, LoopClosureConfig
 from anyloc_ros.core.geometry import Pose
-from anyloc_ros.core.loop_closure import KeyframeGateConfig, LoopClosureConfig
-from anyloc_ros.core.mapping import Mapper
-from anyloc_ros.core.recognition import PlaceRecognizer
+from anyloc_ros.core.map.database import PlaceDatabase
+from anyloc_ros.core.recognition.mapping import Mapper
+from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
+from anyloc_ros.core.recognition.step import FrameStep
+from anyloc_ros.core.types import DescriptorFrame
 
 
 def rss_mib() -> float:
@@ -42,6 +44,7 @@ def main() -> None:
         db = PlaceDatabase(tmp, {"backbone": "bench", "dim": args.dim}, session="long")
         rec = PlaceRecognizer(db, LoopClosureConfig())
         mapper = Mapper(db, KeyframeGateConfig(min_distance_m=0.5))
+        step = FrameStep(rec, mapper)  # what the pipeline does for every frame
         start_rss = rss_mib()
         bucket: list[float] = []
         query_ms: list[float] = []
@@ -52,14 +55,10 @@ def main() -> None:
             pose = Pose(0.6 * n, 0, 0)
             d = rng.normal(size=args.dim).astype(np.float32)
             d /= np.linalg.norm(d)
-            t = time.perf_counter()
-            rec.query(d, stamp, pose)  # what the pipeline does for every frame
-            query_ms.append((time.perf_counter() - t) * 1e3)
-            t = time.perf_counter()
-            kid, _ = mapper.offer(d, stamp, "camera", pose, thumbnail=thumb)  # the nodes' keyframe rule
-            if kid is not None:
-                bucket.append((time.perf_counter() - t) * 1e3)
-                rec.observe_keyframe(kid, stamp, pose)
+            out = step(DescriptorFrame(stamp, "camera", n, d, thumbnail=thumb), pose)
+            query_ms.append(out.ms["recognise"])
+            if out.keyframe_id is not None:
+                bucket.append(out.ms["map"])
                 n += 1
             if bucket and n % 2000 == 0 and len(bucket) == 2000:
                 rows.append([f"{n:,}", f"{statistics.median(bucket):.2f}", f"{np.percentile(bucket, 99):.2f}",

@@ -66,7 +66,7 @@ def coverage(records: list[dict], kind: str, floor: float) -> float:
 
 
 def measure() -> str:
-    from anyloc_ros.core.verification import VerificationConfig
+    from anyloc_ros.core.config.recognition import VerificationConfig
 
     frames, camera = load_tum_rgbd(DATA)
     feats = tum_rgbd_local_features(frames, camera, SHARED / "weights" / "xfeat.onnx")

@@ -43,9 +43,9 @@ def replay_closures(tmp: Path, extra: dict | None = None) -> list[dict]:
     import cv2
     import torch
 
-    from anyloc_ros.core.images import list_images
-    from anyloc_ros.core.onnx_backbone import OnnxBackbone
-    from anyloc_ros.core.vocabulary import Vocabulary, fit_vocabulary
+    from anyloc_ros.core.encoding.images import list_images
+    from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
+    from anyloc_ros.core.encoding.vocabulary import Vocabulary, fit_vocabulary
     from anyloc_ros.tools.bags import make_bag, read_bag
     from anyloc_ros.tools.replay import replay_offline
     from anyloc_ros.tools.ros_driver import write_params

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from _common import SHARED, VIT_SIZES, record, save_random_dinov2, table  # noqa: I001
 
-from anyloc_ros.core.aggregation import VLAD
-from anyloc_ros.core.backbones import Dinov2Backbone, cpu_has_native_bf16
-from anyloc_ros.core.encoder import Encoder
-from anyloc_ros.core.images import ResizePolicy, as_rgb_uint8, list_images, load_image
-from anyloc_ros.core.vocabulary import fit_vocabulary
+from anyloc_ros.core.encoding.aggregation import VLAD
+from anyloc_ros.core.encoding.backbones import Dinov2Backbone, cpu_has_native_bf16
+from anyloc_ros.core.encoding.encoder import Encoder
+from anyloc_ros.core.encoding.images import ResizePolicy, as_rgb_uint8, list_images, load_image
+from anyloc_ros.core.encoding.vocabulary import fit_vocabulary
 from anyloc_ros.eval.datasets import read_positives_csv
 from anyloc_ros.eval.metrics import recall_at_k
 
@@ -118,7 +118,8 @@ def main() -> None:
         rows += [["XFeat (trained), 640x640", *r] for r in evaluate(lambda d: TorchXFeat(xfeat, d), images, gt)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VIT_SIZES.items():
-            path = save_random_dinov2(tmp, name, kw)
+            path = f"{tmp}/{name.replace('/', '')}"
+            save_random_dinov2(path, **kw)
 
             def make(dtype, path=path):
                 return Dinov2Backbone(path, layer=9, facet="value", max_side=448, device="cpu",

@@ -3,7 +3,7 @@
     .venv/bin/python bench/retrieval.py            # full run (~15 min on 2 cores)
     .venv/bin/python bench/retrieval.py --quick    # 10k and 100k only
 
-Indexes are built by `anyloc_ros.core.database.build_index` (what a map uses). Data: unit
+Indexes are built by `anyloc_ros.core.map.factory.build_index` (what a map uses). Data: unit
 vectors drawn around 2,000 random "places" (descriptor collections have such structure; pure
 uniform noise is the unrealistic worst case for any ANN index), queries are map vectors
 plus noise (a revisit). Single-query latency is the median over 200 queries (k=10, one
@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 from _common import record, table  # noqa: I001
 
-from anyloc_ros.core.database import IndexConfig, build_index
+from anyloc_ros.core.config.map import IndexConfig
+from anyloc_ros.core.map.database import build_index
 
 
 def synth(n: int, d: int, seed: int = 0, places: int = 2000) -> np.ndarray:

@@ -20,15 +20,17 @@ from anyloc_ros.tools.ros_driver import DriverNode, NodeProcess, image_msg, isol
 
 
 def main() -> None:
-    from anyloc_ros.core.config import EncoderConfig
-    from anyloc_ros.core.database import PlaceDatabase
-    from anyloc_ros.core.encoder import Encoder, build_backbone
-    from anyloc_ros.core.images import list_images, load_image
-    from anyloc_ros.core.loop_closure import LoopClosureConfig
-    from anyloc_ros.core.params import EncoderNodeSettings
-    from anyloc_ros.core.recognition import PlaceRecognizer
-    from anyloc_ros.core.rerank import PatchCompressor
-    from anyloc_ros.core.vocabulary import build_vocabulary
+    from anyloc_ros.core.config.encoder import EncoderConfig
+    from anyloc_ros.core.config.nodes import EncoderNodeSettings
+    from anyloc_ros.core.config.recognition import LoopClosureConfig
+    from anyloc_ros.core.encoding.encoder import Encoder, build_backbone
+    from anyloc_ros.core.encoding.images import list_images, load_image
+    from anyloc_ros.core.encoding.patches import PatchCompressor
+    from anyloc_ros.core.encoding.vocabulary import build_vocabulary
+    from anyloc_ros.core.map.database import PlaceDatabase
+    from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
+    from anyloc_ros.core.recognition.step import FrameStep
+    from anyloc_ros.core.types import DescriptorFrame
 
     isolated_dds_env()
     tmp = Path(tempfile.mkdtemp())
@@ -48,10 +50,11 @@ def main() -> None:
                                                                                     "rgb").glob("*.png"))]
     # in-process: the same work the two nodes do per frame (conversion, encode, patches, thumbnail,
     # query with mutual-NN re-ranking of the top 10)
-    from anyloc_ros.nodes.conversions import encode_jpeg, image_msg_to_rgb, stamp_to_ns
+    from anyloc_ros.nodes.conversions import stamp_to_ns
+    from anyloc_ros.nodes.images import encode_jpeg, image_msg_to_rgb
 
     db = PlaceDatabase(tmp / "map", follower=True)
-    rec = PlaceRecognizer(db, LoopClosureConfig(rerank=True))
+    step = FrameStep(PlaceRecognizer(db, LoopClosureConfig(rerank=True)))  # the recognition node's step
 
     node = EncoderNodeSettings()  # the encoder node's defaults: keypoints, thumbnail size
 
@@ -65,7 +68,7 @@ def main() -> None:
             frame = enc.encode_frame(rgb, comp, node.publish_keypoints)
             encode_jpeg(rgb, node.thumbnail_size)
             encode.append((time.perf_counter() - t) * 1e3)
-            rec.query(frame.descriptor, i, patches=frame.patches, local=frame.local)
+            step(DescriptorFrame(i, "camera", i, frame.descriptor, patches=frame.patches, local=frame.local))
             total.append((time.perf_counter() - t) * 1e3)
         return total, encode
 

@@ -24,9 +24,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def per_query_ms(db, sequence: bool, queries: np.ndarray, stamp0: int) -> float:
-    from anyloc_ros.core.loop_closure import LoopClosureConfig
-    from anyloc_ros.core.recognition import PlaceRecognizer
-    from anyloc_ros.core.sequence import SequenceConfig
+    from anyloc_ros.core.config.recognition import LoopClosureConfig, SequenceConfig
+    from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
 
     rec = PlaceRecognizer(db, LoopClosureConfig(rerank=False), SequenceConfig(enable=sequence))
     times = []
@@ -38,8 +37,8 @@ def per_query_ms(db, sequence: bool, queries: np.ndarray, stamp0: int) -> float:
 
 
 def main() -> None:
-    from anyloc_ros.core.database import PlaceDatabase
-    from anyloc_ros.core.map_index import IndexConfig
+    from anyloc_ros.core.config.map import IndexConfig
+    from anyloc_ros.core.map.database import PlaceDatabase
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])

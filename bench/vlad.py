@@ -28,7 +28,7 @@ def anyloc_reference(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def _peak_child(variant: str, n: int, d: int, k: int) -> None:
-    from anyloc_ros.core.aggregation import VLAD
+    from anyloc_ros.core.encoding.aggregation import VLAD
 
     g = torch.Generator().manual_seed(0)
     x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
@@ -61,7 +61,7 @@ def peak_mib(variant: str, n: int, d: int, k: int) -> float:
 
 
 def main() -> None:
-    from anyloc_ros.core.aggregation import VLAD
+    from anyloc_ros.core.encoding.aggregation import VLAD
 
     rows = []
     for name, d in (("ViT-G/14 (1536-D)", 1536), ("ViT-S/14 (384-D)", 384)):

@@ -16,6 +16,9 @@ mode: full (map while recognising), mapping, localization (recognise against a s
 use_composition:=true runs the nodes in one process (anyloc_pipeline): images are not
 serialised between encoder, mapping and recognition.
 
+map_path: given, it wins over the params file; not given, the params file's map_path, else the
+nodes' one default (~/.ros/anyloc/map, config/nodes.py).
+
 Launch arguments win over the params file: they are passed as a parameter file after it,
 under each node's own name (ros_arguments `-p` would come before `--params-file` and lose; a
 `/**` section would lose against a node's section of the user's file, which rcl applies later). A node that exits with an
@@ -45,7 +48,6 @@ def generate_launch_description() -> LaunchDescription:
     params = LaunchConfiguration("params_file")
     respawn = LaunchConfiguration("respawn")
     cameras = LaunchConfiguration("camera_topics")
-    overrides = {"map_path": LaunchConfiguration("map_path")}
 
     def when(modes: str, composition: str, *also: object) -> IfCondition:
         return IfCondition(PythonExpression(["'", mode, "' in ", modes, " and '", composed, "' == '", composition, "'",
@@ -64,14 +66,24 @@ def generate_launch_description() -> LaunchDescription:
     def node(**kw) -> Node:
         return Node(package="anyloc_ros", output="screen", respawn=respawn, respawn_delay=2.0, **kw)
 
-    nodes = [
-        node(executable="encoder_node", name="encoder_node", parameters=[params], remappings=camera_remaps,
-             condition=when("('full', 'mapping', 'localization')", "false", " and '", cameras, "' == ''")),
-        node(executable="mapping_node", name="mapping_node", parameters=[params, overrides],
-             remappings=[("odom", odom)], condition=when("('full', 'mapping')", "false")),
-        node(executable="recognition_node", name="recognition_node", parameters=[params, overrides],
-             remappings=[("odom", odom)], condition=when("('full', 'localization')", "false")),
-    ]
+    def separate_nodes(context):
+        """Encoder (one camera), mapping and recognition as the mode asks, each its own process."""
+        chosen, cams = mode.perform(context), cameras.perform(context).strip()
+        if composed.perform(context) == "true":
+            return []
+        given = LaunchConfiguration("map_path").perform(context)
+        overrides = [{"map_path": given}] if given else []  # else the params file's, else the nodes' default
+        nodes = []
+        if not cams:
+            nodes.append(node(executable="encoder_node", name="encoder_node", parameters=[params],
+                              remappings=camera_remaps))
+        if chosen in ("full", "mapping"):
+            nodes.append(node(executable="mapping_node", name="mapping_node", parameters=[params, *overrides],
+                              remappings=[("odom", odom)]))
+        if chosen in ("full", "localization"):
+            nodes.append(node(executable="recognition_node", name="recognition_node", parameters=[params, *overrides],
+                              remappings=[("odom", odom)]))
+        return [action for n in nodes for action in (n, failure_handler(n))]
 
     def end_on_failure(event, context):
         if event.returncode in (0, None):
@@ -90,7 +102,8 @@ def generate_launch_description() -> LaunchDescription:
         # launch arguments go to each node of the process by name, in a file after the user's.
         map_path = LaunchConfiguration("map_path").perform(context)
         sections = {"/**/anyloc_pipeline": {"mode": mode.perform(context)},
-                    **{f"/**/{n}": {"map_path": map_path} for n in ("mapping_node", "recognition_node")}}
+                    **({f"/**/{n}": {"map_path": map_path} for n in ("mapping_node", "recognition_node")}
+                       if map_path else {})}
         composed_node = node(executable="anyloc_pipeline", parameters=[params, params_file_after_the_users(sections)],
                              remappings=camera_remaps + [("odom", odom)])
         return [composed_node, failure_handler(composed_node)]
@@ -114,7 +127,6 @@ def generate_launch_description() -> LaunchDescription:
             actions += [n, failure_handler(n)]
         return actions
 
-    failure_handlers = [failure_handler(n) for n in nodes]
     return LaunchDescription([
         DeclareLaunchArgument("mode", default_value="full", choices=["full", "mapping", "localization"],
                               description="full: map and recognise; mapping; localization: saved map only"),
@@ -137,11 +149,12 @@ def generate_launch_description() -> LaunchDescription:
                               default_value=PathJoinSubstitution([FindPackageShare("anyloc_ros"), "config",
                                                                   "anyloc.yaml"]),
                               description="ROS 2 params file for the anyloc_ros nodes"),
-        DeclareLaunchArgument("map_path", default_value="~/.ros/anyloc/map", description="map directory"),
+        DeclareLaunchArgument("map_path", default_value="",
+                              description="map directory (wins over the params file; empty: the params file's, "
+                                          "else ~/.ros/anyloc/map)"),
         DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
                               description="restart a node that exits (else a failing node ends the launch)"),
-        *nodes,
-        *failure_handlers,
+        OpaqueFunction(function=separate_nodes),
         OpaqueFunction(function=pipeline, condition=when("('full', 'mapping', 'localization')", "true")),
         OpaqueFunction(function=camera_encoders),
     ])

@@ -45,4 +45,4 @@ if ! grep -q "anyloc_ros: ament index" .venv/bin/activate; then
 export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 ACT
 fi
-python -c "import anyloc_ros.msg, anyloc_ros.srv, anyloc_ros.core.encoder, rclpy; print('anyloc_ros set up in', '$VIRTUAL_ENV')"
+python -c "import anyloc_ros.msg, anyloc_ros.srv, anyloc_ros.core.encoding.encoder, rclpy; print('anyloc_ros set up in', '$VIRTUAL_ENV')"

@@ -15,7 +15,7 @@ SIGNATURE = {"backbone": "t", "dim": 16}
 
 def make_map(path: Path) -> np.ndarray:
     """A 40-keyframe map; returns its unit descriptors (keyframe id i+1 holds row i)."""
-    from anyloc_ros.core.database import PlaceDatabase
+    from anyloc_ros.core.map.database import PlaceDatabase
 
     x = _descriptors()
     with PlaceDatabase(path, SIGNATURE) as db:
@@ -46,8 +46,8 @@ def sweep(src: str, work: str, target: str, worker: int, workers: int) -> tuple[
     Returns (cases, refused with MapError, failures): a failure is any other exception, a
     MapError that does not name the damaged file, or a map that opens and then misbehaves
     (index damage must be detected and the index rebuilt from SQLite, losing nothing)."""
-    from anyloc_ros.core.database import PlaceDatabase
     from anyloc_ros.core.errors import MapError
+    from anyloc_ros.core.map.database import PlaceDatabase
 
     logging.disable(logging.CRITICAL)  # thousands of expected "damaged" reports
     src_dir, d = Path(src), Path(work)

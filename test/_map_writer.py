@@ -6,8 +6,9 @@ import sys
 
 import numpy as np
 
-from anyloc_ros.core.database import IndexConfig, PlaceDatabase
+from anyloc_ros.core.config.map import IndexConfig
 from anyloc_ros.core.geometry import Pose
+from anyloc_ros.core.map.database import PlaceDatabase
 
 
 def descriptor(i: int, dim: int) -> np.ndarray:

@@ -54,14 +54,14 @@ def read_corridor_gt() -> list[set[int]]:
 
 @pytest.fixture(scope="session")
 def xfeat_backbone():
-    from anyloc_ros.core.onnx_backbone import OnnxBackbone
+    from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
 
     return OnnxBackbone(require(XFEAT_ONNX), output_name="output", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def corridor_images() -> dict[str, list[np.ndarray]]:
-    from anyloc_ros.core.images import list_images, load_image
+    from anyloc_ros.core.encoding.images import list_images, load_image
 
     require(CORRIDOR)
     return {s: [load_image(p) for p in list_images(CORRIDOR / s)] for s in ("ref", "query")}
@@ -86,7 +86,7 @@ def corridor_features(xfeat_backbone, corridor_images):
 @pytest.fixture(scope="session")
 def xfeat_encoder(corridor_vocab):
     """The xfeat_vlad preset with the corridor vocabulary: descriptors and keypoints (encode_frame)."""
-    from anyloc_ros.core.encoder import Encoder
+    from anyloc_ros.core.encoding.encoder import Encoder
 
     return Encoder.from_config({"preset": "xfeat_vlad", "backbone": {"model_path": str(XFEAT_ONNX), "device": "cpu"},
                                 "aggregation": {"vocabulary": str(corridor_vocab)}})
@@ -95,7 +95,7 @@ def xfeat_encoder(corridor_vocab):
 @pytest.fixture(scope="session")
 def corridor_vocab(corridor_features, tmp_path_factory, xfeat_backbone):
     """32-cluster vocabulary fitted on the corridor map (ref) features, saved to a file."""
-    from anyloc_ros.core.vocabulary import Vocabulary, fit_vocabulary
+    from anyloc_ros.core.encoding.vocabulary import Vocabulary, fit_vocabulary
 
     ref = corridor_features["ref"]
     centers, info = fit_vocabulary((f.reshape(-1, f.shape[-1]).numpy() for f in ref), 32, samples_per_image=1000, seed=0)

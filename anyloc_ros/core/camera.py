@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .errors import ConfigError
@@ -71,6 +70,10 @@ class CameraModel:
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         if not self.distorted or not len(pts):
             return pts.astype(np.float32)
+        # OpenCV only here: the camera settings are read by processes that never touch an image
+        # (the mapping node), and this module must not load it for them
+        import cv2
+
         src = pts.reshape(-1, 1, 2)
         if self.model == "equidistant":
             out = cv2.fisheye.undistortPoints(src, self.K, self.distortion[:4], P=self.K)

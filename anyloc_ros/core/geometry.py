@@ -103,3 +103,28 @@ def pose_from_rpy(x: float, y: float, z: float, roll: float, pitch: float, yaw: 
                   [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
                   [-sp, cp * sr, cp * cr]])
     return Pose(x, y, z, *map(float, quaternion_of(R)))
+
+
+def exp_rotation(w: np.ndarray) -> np.ndarray:
+    """3x3 rotation of a rotation vector (axis times angle, radians): Rodrigues' formula."""
+    w = np.asarray(w, float).reshape(3)
+    theta = float(np.linalg.norm(w))
+    K = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if theta < 1e-12:
+        return np.eye(3) + K
+    return np.eye(3) + math.sin(theta) / theta * K + (1 - math.cos(theta)) / theta**2 * K @ K
+
+
+def log_rotation(R: np.ndarray) -> np.ndarray:
+    """The rotation vector of a 3x3 rotation (inverse of exp_rotation), angle in [0, pi]."""
+    R = np.asarray(R, float)
+    c = min(1.0, max(-1.0, (np.trace(R) - 1) / 2))
+    theta = math.acos(c)
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / 2
+    if theta < 1e-7:
+        return v
+    if math.pi - theta < 1e-6:  # near pi: the axis from the symmetric part
+        A = (R + np.eye(3)) / 2
+        axis = A[:, int(np.argmax(np.diag(A)))]
+        return theta * axis / np.linalg.norm(axis)
+    return theta / math.sin(theta) * v

@@ -84,12 +84,24 @@ class Match:
     frame_id: str = ""
     pose: Pose | None = None
     rerank_score: float | None = None
-    sequence_score: float | None = None  # mean similarity along the best sequence line (core/sequence.py)
+    sequence_score: float | None = None  # mean similarity along the best sequence line (core/recognition/sequence.py)
+
+    @property
+    def frame_score(self) -> float:
+        """This frame's own evidence for the place: the re-ranking score when re-ranked, else
+        the descriptor similarity (PlaceMatch.scores)."""
+        return self.rerank_score if self.rerank_score is not None else self.score
+
+    @property
+    def ranking_score(self) -> float:
+        """What the match list is ranked by: the sequence score with sequence matching, else
+        the frame's score."""
+        return self.sequence_score if self.sequence_score is not None else self.frame_score
 
 
 @dataclass
 class LocalFeatures:
-    """Keypoints of one image for geometric verification (core/verification.py): (n, 2) pixel
+    """Keypoints of one image for geometric verification (core/recognition/verification.py): (n, 2) pixel
     positions (x, y) in the original image, (n, d) L2-normalised descriptors (float16), (n,)
     detection scores, the image size, the camera's 3x3 intrinsic matrix when known (the positions
     are then ideal pinhole pixels of it: lens distortion removed), where the camera is mounted on

@@ -8,11 +8,16 @@ Formats:
 from __future__ import annotations
 
 import csv
+import importlib
+import io
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ..core.encoding.images import list_images
 from ..core.errors import AnyLocError
-from ..core.images import list_images
 
 
 class DatasetError(AnyLocError, ValueError):
@@ -80,9 +85,6 @@ class _NumpyOnlyUnpickler:
 
     @classmethod
     def loads(cls, data: bytes):
-        import importlib
-        import io
-        import pickle
 
         allowed = cls.ALLOWED
 
@@ -98,7 +100,6 @@ class _NumpyOnlyUnpickler:
 def read_vprbench_npy(path: str | Path, n_queries: int | None = None) -> list[set[int]]:
     """VPR-Bench `ground_truth_new.npy`: rows of [query_index, [reference indices]], an object
     array. Loaded with a restricted unpickler (numpy arrays and ints only), never plain pickle."""
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():
@@ -147,7 +148,6 @@ def utm_from_name(path: Path) -> tuple[float, float]:
 
 def positives_within(db_xy, q_xy, radius: float, q_dir=None, db_dir=None, max_angle_deg=None) -> list[set[int]]:
     """Database indices within `radius` (and optionally `max_angle_deg` of heading) per query."""
-    import numpy as np
 
     db_xy, q_xy = np.asarray(db_xy, float), np.asarray(q_xy, float)
     out = []
@@ -171,7 +171,6 @@ def load_vg_dataset(database: str | Path, queries: str | Path, radius: float = 2
 # ----------------------------------------------------------------------------- TUM trajectories
 def read_tum_trajectory(path: str | Path):
     """TUM format `timestamp tx ty tz qx qy qz qw` -> (stamps (n,), poses (n, 7)), sorted by time."""
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():
@@ -202,7 +201,6 @@ def image_stamp(path: Path) -> float:
 
 def poses_at(image_paths: list[Path], trajectory: str | Path, max_dt: float = 0.05):
     """Pose of each image (nearest trajectory sample in time, within max_dt seconds)."""
-    import numpy as np
 
     stamps, poses = read_tum_trajectory(trajectory)
     out = []
@@ -218,7 +216,6 @@ def poses_at(image_paths: list[Path], trajectory: str | Path, max_dt: float = 0.
 
 def load_tum_dataset(database: str | Path, database_trajectory: str | Path, queries: str | Path,
                      query_trajectory: str | Path, radius: float = 1.0, max_angle_deg: float = 30.0) -> PlaceDataset:
-    import numpy as np
 
     db, q = list_images(database), list_images(queries)
     dbp, qp = poses_at(db, database_trajectory), poses_at(q, query_trajectory)

@@ -13,18 +13,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+from tqdm import tqdm
 
-from ..core.config import EncoderConfig
+from ..core.config.encoder import EncoderConfig
+from ..core.config.nodes import EncoderNodeSettings
+from ..core.config.recognition import LoopClosureConfig, SequenceConfig
+from ..core.encoding.encoder import Encoder
+from ..core.encoding.images import load_image
+from ..core.encoding.patches import PatchCompressor
+from ..core.errors import AnyLocError, ImageError
 from ..core.fileio import load_npz, save_npz
-from ..core.loop_closure import LoopClosureConfig
-from ..core.params import EncoderNodeSettings
-from ..core.sequence import SequenceConfig
+from ..core.map.database import PlaceDatabase
+from ..core.recognition.recognizer import PlaceRecognizer
+from . import plots
 from .datasets import PlaceDataset
 from .metrics import KS, PRCurve, best_match_pr_of, ranked, recall_from_ranking
 
@@ -48,10 +57,7 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
 
     With a `skipped` list, images that cannot be read are skipped and reported there (their
     rows are NaN); without it, the first bad image is an error naming the file."""
-    from tqdm import tqdm
 
-    from ..core.errors import ImageError
-    from ..core.images import load_image
 
     def load(p: Path) -> np.ndarray | None:
         try:
@@ -93,7 +99,6 @@ def encode_images(encoder: Any, paths: list[Path], cache_dir: Path | None, desc:
 
 def query_latency_ms(db: np.ndarray, queries: np.ndarray, k: int = 20, n: int = 50) -> float:
     """Median single-query top-k search time on an exact faiss index (what a node does per frame)."""
-    import faiss
 
     index = faiss.IndexFlatIP(db.shape[1])
     index.add(np.ascontiguousarray(db))
@@ -106,7 +111,7 @@ def query_latency_ms(db: np.ndarray, queries: np.ndarray, k: int = 20, n: int = 
 
 
 @dataclass
-class PipelineSettings:
+class EvalSettings:
     """What the recognition node runs, from its parameters (`NodeParameters.from_file`)."""
 
     loop: LoopClosureConfig = field(default_factory=LoopClosureConfig)
@@ -115,17 +120,14 @@ class PipelineSettings:
 
 
 def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: np.ndarray,
-                 q_patches: list[np.ndarray | None] | None, sim: np.ndarray, settings: PipelineSettings,
+                 q_patches: list[np.ndarray | None] | None, sim: np.ndarray, settings: EvalSettings,
                  sequence: bool, workdir: Path, signature: dict[str, Any]) -> dict[str, Any]:
     """Queries (one traversal, file order) through PlaceRecognizer over a map of the database.
 
     Returns the ranking (database indices, best first: the pipeline's top-k, then the rest by
     similarity, as deep as Recall@K reads), each query's best score (what a threshold would be
     put on) and latencies."""
-    import shutil
 
-    from ..core.database import PlaceDatabase
-    from ..core.recognition import PlaceRecognizer
 
     step = 100_000_000  # 10 Hz: map and queries are traversals
     path = workdir / "map"
@@ -149,8 +151,7 @@ def run_pipeline(db: np.ndarray, db_patches: list[np.ndarray | None] | None, q: 
             taken = set(top)
             ranking[i] = (top + [int(j) for j in by_similarity[i] if int(j) not in taken])[:depth]
             m = res.matches[0] if res.matches else None
-            best[i] = -np.inf if m is None else (m.sequence_score if m.sequence_score is not None else
-                                                 m.rerank_score if m.rerank_score is not None else m.score)
+            best[i] = -np.inf if m is None else m.ranking_score
     finally:
         pdb.close()
     return {"ranking": ranking, "best": best, "query_ms": float(np.median(ms))}
@@ -163,14 +164,12 @@ def _scores(ranking: np.ndarray, best: np.ndarray, positives: list[set[int]]) ->
 
 
 def evaluate(dataset: PlaceDataset, config: EncoderConfig, output: Path, cache_dir: Path | None = None,
-             progress: bool = True, label: str | None = None, settings: PipelineSettings | None = None
+             progress: bool = True, label: str | None = None, settings: EvalSettings | None = None
              ) -> dict[str, Any]:
-    from ..core.encoder import Encoder
-    from . import plots
 
-    settings = settings or PipelineSettings()
+    settings = settings or EvalSettings()
     encoder = Encoder.from_config(config)
-    compress = settings.encoder.patch_compressor(encoder.backbone.feature_dim) if settings.loop.rerank else None
+    compress = PatchCompressor.of(settings.encoder, encoder.backbone.feature_dim) if settings.loop.rerank else None
     db, db_ms, db_cached, db_patches = encode_images(encoder, dataset.database, cache_dir, "database", progress,
                                                      compress=compress)
     q, q_ms, q_cached, q_patches = encode_images(encoder, dataset.queries, cache_dir, "queries", progress,
@@ -227,7 +226,6 @@ def print_table(results: list[dict[str, Any]], names: list[str] | None = None) -
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
-    from ..core.errors import AnyLocError
 
     try:
         r = json.loads(Path(path).read_text())

@@ -1,7 +1,7 @@
 """Relative poses against ground truth: errors, their Mahalanobis distance under the published
 covariance, and the TUM RGB-D data they are measured on.
 
-Errors follow the covariance's convention (core/relative_pose.py): for an estimate T and the
+Errors follow the covariance's convention (core/recognition/relative_pose.py): for an estimate T and the
 truth T*, e = (t − t*, log(R R*ᵀ)), so eᵀ Σ⁻¹ e is chi-square distributed (6 degrees of
 freedom) when Σ is honest; a monocular estimate is scored on its rotation and the two
 components of its direction error across the estimated direction (5 degrees of freedom).
@@ -19,11 +19,15 @@ import numpy as np
 import yaml
 
 from ..core.camera import CameraModel
-from ..core.depth import depth_in_metres
-from ..core.geometry import rotation_matrix
-from ..core.images import load_image
+from ..core.encoding.depth import depth_in_metres
+from ..core.encoding.encoder import finish_local_features
+from ..core.encoding.images import load_image
+from ..core.encoding.local_features import XFeatExtractor
+from ..core.geometry import Pose, pose_matrix, rotation_matrix
+from ..core.recognition.verification import verify
 from ..core.types import LocalFeatures
 from .datasets import DatasetError
+from .plots import pose_errors
 
 # chi-square 95% quantiles by degrees of freedom
 CHI2_95 = {1: 3.8415, 2: 5.9915, 3: 7.8147, 5: 11.0705, 6: 12.5916}
@@ -72,6 +76,34 @@ def score(T: np.ndarray, cov: np.ndarray, T_true: np.ndarray, scale_known: bool)
         out["across"] = B
         dof = 5
     out.update(nees=d2, dof=dof, inside95=bool(d2 <= CHI2_95[dof]))
+    return out
+
+
+def score_closures(closures: list[dict[str, Any]], truth: Any, plot: Path) -> dict[str, Any]:
+    """Each closure's relative pose against the truth (match base -> query base), its errors and
+    Mahalanobis distance under its covariance, written into the closure record; the summary; a plot."""
+    scored = []
+    for c in closures:
+        a, b = truth.at(c["match_stamp_ns"]), truth.at(c["query_stamp_ns"])
+        if a is None or b is None:
+            continue
+        T_true = np.linalg.inv(pose_matrix(a)) @ pose_matrix(b)
+        c["true_distance_m"] = float(np.linalg.norm(T_true[:3, 3]))
+        if c["relative_pose"] is None:
+            continue
+        cov = np.array(c["covariance"]).reshape(6, 6)
+        s = score(pose_matrix(Pose(*c["relative_pose"])), cov, T_true, c["scale_known"])
+        s["cov"] = cov
+        c.update(translation_error_m=s["translation_error"], rotation_error_deg=float(np.degrees(s["rotation_error"])),
+                 direction_error_deg=float(np.degrees(s["direction_error"])), mahalanobis2=s["nees"],
+                 inside_95_ellipsoid=s["inside95"])
+        scored.append(s)
+    metric = [s for s in scored if s["dof"] == 6]
+    out = summarise(metric or scored)
+    out["metric"] = bool(metric)
+    out["largest_true_distance_m"] = max((c.get("true_distance_m", 0.0) for c in closures), default=0.0)
+    if scored:
+        out["plot"] = str(pose_errors(metric or scored, plot))
     return out
 
 
@@ -141,8 +173,6 @@ def revisit_pairs(folder: str | Path) -> list[tuple[int, int]]:
 def tum_rgbd_local_features(frames: list[RgbdFrame], camera: CameraModel, xfeat: str | Path,
                             top_k: int = 512) -> list[LocalFeatures]:
     """The encoder's local features of each frame: XFeat keypoints with depths, undistorted."""
-    from ..core.encoder import finish_local_features
-    from ..core.local_features import XFeatExtractor
 
     extractor = XFeatExtractor(xfeat, device="cpu")
     return [finish_local_features(extractor.extract([f.rgb], top_k)[0], camera, f.depth, None) for f in frames]
@@ -152,7 +182,6 @@ def pair_errors(frames: list[RgbdFrame], feats: list[LocalFeatures], pairs: list
                 config: Any) -> list[dict[str, Any] | None]:
     """verify(query j, keyframe i) for each pair, scored against the ground truth (None where it
     did not verify)."""
-    from ..core.verification import verify
 
     out: list[dict[str, Any] | None] = []
     for i, j in pairs:

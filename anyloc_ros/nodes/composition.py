@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import rclpy
+
+from ..core.config.nodes import PipelineSettings
 from ..core.types import DescriptorFrame
+from .encoder_node import EncoderNode
+from .mapping_node import MappingNode
+from .parameters import declare
+from .recognition_node import RecognitionNode
+from .spin import run_node
 
 
 def build(mode: str = "full") -> list[Any]:
     """The nodes of one pipeline; `mode` is full (map + recognise), mapping or localization."""
-    from .encoder_node import EncoderNode
-    from .mapping_node import MappingNode
-    from .recognition_node import RecognitionNode
 
     nodes: list[Any] = []
     recognition = RecognitionNode(subscribe_descriptors=False) if mode in ("full", "localization") else None
@@ -42,10 +47,7 @@ def build(mode: str = "full") -> list[Any]:
 
 
 def _pipeline() -> list[Any]:
-    import rclpy
 
-    from ..core.params import PipelineSettings
-    from .parameters import declare
 
     mode_node = rclpy.create_node("anyloc_pipeline")
     try:
@@ -57,7 +59,6 @@ def _pipeline() -> list[Any]:
 
 
 def main(args: list[str] | None = None) -> int:
-    from .spin import run_node
 
     return run_node(_pipeline, args)
 

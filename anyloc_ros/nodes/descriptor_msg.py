@@ -10,6 +10,7 @@ import numpy as np
 from rclpy.node import Node
 
 from ..core.types import DescriptorFrame, EncoderSignature, LocalFeatures
+from ..msg import PlaceDescriptor
 from .conversions import pose_from_msg, pose_to_msg, stamp_to_ns
 from .diagnostics import RateStats, log_error
 
@@ -28,7 +29,6 @@ def _as_float32(field_value: Any) -> np.ndarray:
 
 
 def frame_to_msg(frame: DescriptorFrame, header: Any) -> Any:
-    from ..msg import PlaceDescriptor
 
     m = PlaceDescriptor()
     m.header = header

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
 
@@ -35,7 +36,6 @@ class Diagnostics:
     """Publishes one DiagnosticStatus for a node on /diagnostics at 1 Hz."""
 
     def __init__(self, node: Node, name: str, stats: RateStats, period_s: float = 1.0) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
 
         self.node, self.name, self.stats = node, name, stats
         self.level = 0
@@ -48,7 +48,6 @@ class Diagnostics:
         self.level, self.message = level, message[:500]
 
     def publish(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
         arr = DiagnosticArray()
         arr.header.stamp = self.node.get_clock().now().to_msg()

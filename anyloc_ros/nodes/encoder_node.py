@@ -23,16 +23,22 @@ from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
 
 from ..core.camera import CameraModel
-from ..core.config import EncoderSelection
-from ..core.encoder import Encoder
+from ..core.config.encoder import EncoderSelection
+from ..core.config.nodes import CameraSettings, DepthSettings, EncoderNodeSettings
+from ..core.encoding.encoder import Encoder
+from ..core.encoding.images import set_max_image_pixels
+from ..core.encoding.patches import PatchCompressor
 from ..core.errors import AnyLocError
-from ..core.params import CameraSettings, DepthSettings, EncoderNodeSettings
 from ..core.types import DescriptorFrame
-from .conversions import depth_msg_to_metres, encode_jpeg, message_to_rgb, stamp_to_ns
+from ..msg import PlaceDescriptor
+from .conversions import stamp_to_ns
 from .descriptor_msg import frame_to_msg
 from .diagnostics import Diagnostics, RateStats, log_error, log_throttled
+from .images import depth_msg_to_metres, encode_jpeg, message_to_rgb
 from .parameters import declare
 from .qos import latched_qos, sensor_qos
 from .spin import run_node
@@ -42,19 +48,16 @@ class EncoderNode(Node):
     def __init__(self, name: str = "encoder_node", on_frame: Callable[[DescriptorFrame], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        from sensor_msgs.msg import CompressedImage, Image
 
-        from ..msg import PlaceDescriptor
 
         self.params = params = declare(self, "encoder_node")  # kept: what the node runs with, for tools and tests
         self.settings = st = params.get(EncoderNodeSettings)
-        from ..core.images import set_max_image_pixels
 
         set_max_image_pixels(st.max_image_pixels)
         self.encoder = Encoder.from_config(params.get(EncoderSelection).build())
         self.signature = self.encoder.signature()
         self.encoder_id = self.signature.id
-        self.compressor = st.patch_compressor(self.encoder.backbone.feature_dim)
+        self.compressor = PatchCompressor.of(st, self.encoder.backbone.feature_dim)
         self.camera = params.get(CameraSettings)
         self.depth_settings = params.get(DepthSettings)
         self._camera_info: CameraModel | None = None
@@ -73,7 +76,6 @@ class EncoderNode(Node):
         self._seq = 0
         self.pub = self.create_publisher(PlaceDescriptor, "descriptors", 10)
         # The full encoder signature, latched: a mapping node creating a new map records it.
-        from std_msgs.msg import String
 
         self.info_pub = self.create_publisher(String, "encoder_info", latched_qos())
         self.info_pub.publish(String(data=json.dumps(self.signature, sort_keys=True)))
@@ -103,7 +105,6 @@ class EncoderNode(Node):
             import message_filters
         except ImportError as exc:
             raise AnyLocError("depth.enable needs the ROS 2 package message_filters (python3-message-filters)") from exc
-        from sensor_msgs.msg import Image
 
         colour = message_filters.Subscriber(self, image_type, image_topic, qos_profile=qos)
         depth = message_filters.Subscriber(self, Image, "depth", qos_profile=qos)

@@ -20,15 +20,22 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose as PoseMsg
 from rclpy.node import Node
+from std_msgs.msg import String
 
-from ..core.database import PlaceDatabase
+from ..core.config.map import IndexConfig
+from ..core.config.nodes import MappingSettings, MapSettings, PoseSettings
+from ..core.config.recognition import KeyframeGateConfig
 from ..core.errors import AnyLocError, MapError
-from ..core.loop_closure import KeyframeGateConfig
-from ..core.map_index import IndexConfig
-from ..core.mapping import Mapper
-from ..core.params import MappingSettings, MapSettings, PoseSettings
+from ..core.map.database import PlaceDatabase
+from ..core.recognition.mapping import Mapper
+from ..core.recognition.step import FrameStep
 from ..core.types import DescriptorFrame
+from ..msg import Keyframe, PlaceDescriptor
+from ..srv import GetMapInfo, NewSession, SaveMap
+from .conversions import ns_to_stamp, pose_to_msg
 from .descriptor_msg import EncoderGate, accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error, log_throttled
 from .parameters import declare, validate_map_path
@@ -41,10 +48,7 @@ class MappingNode(Node):
     def __init__(self, name: str = "mapping_node", encoder_signature: dict[str, Any] | None = None,
                  subscribe_descriptors: bool = True, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        from std_msgs.msg import String
 
-        from ..msg import PlaceDescriptor
-        from ..srv import GetMapInfo, NewSession, SaveMap
 
         self.params = params = declare(self, "mapping_node")  # kept: what the node runs with, for tools and tests
         self.map_settings = params.get(MapSettings)
@@ -63,7 +67,6 @@ class MappingNode(Node):
         self._add_lock = threading.Lock()
         if subscribe_descriptors:  # composed: frames arrive by direct call instead
             self.create_subscription(PlaceDescriptor, "descriptors", self._on_descriptor, 50)
-        from ..msg import Keyframe
 
         self.keyframe_pub = self.create_publisher(Keyframe, "keyframes", 100)
         self.create_service(SaveMap, "save_map", self._save_map)
@@ -90,6 +93,7 @@ class MappingNode(Node):
         self.stats.values["map_size"] = str(len(db))
         self.stats.values["session"] = db.session
         self.db, self.mapper = db, mapper
+        self.step = FrameStep(mapper=mapper, mapping=st)
         self.get_logger().info(
             f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
             f"pose source {self.poses.source}, encoder {self.encoders.map_id})")
@@ -149,10 +153,7 @@ class MappingNode(Node):
 
     def _add_locked(self, frame: DescriptorFrame, pose: Any) -> int | None:
         try:
-            kid, reason = self.mapper.offer(frame.descriptor, frame.stamp_ns, frame.frame_id, pose,
-                                            patches=frame.patches if self.settings.store_patches else None,
-                                            thumbnail=frame.thumbnail if self.settings.store_thumbnails else None,
-                                            local=frame.local if self.settings.store_local_features else None)
+            out = self.step(frame, pose)
         except MapError as exc:  # the map cannot be written (disk full, read-only): report, keep running
             self.stats.inc("map_write_failures")
             self.diagnostics.set_status(2, f"map write failed: {exc}")
@@ -168,6 +169,7 @@ class MappingNode(Node):
             return None
         finally:
             self._report_clock_jumps()
+        kid, reason = out.keyframe_id, out.keyframe_reason
         if kid is None:
             self.stats.inc("frames_skipped")
             return None
@@ -186,11 +188,7 @@ class MappingNode(Node):
             self.get_logger().warn(self.mapper.last_clock_jump)
 
     def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
-        from builtin_interfaces.msg import Time
-        from geometry_msgs.msg import Pose as PoseMsg
 
-        from ..msg import Keyframe
-        from .conversions import ns_to_stamp, pose_to_msg
 
         msg = Keyframe(id=int(kid), session=self.db.session, camera=frame.frame_id, pose=pose_to_msg(pose, PoseMsg),
                        pose_valid=pose is not None)

@@ -1,4 +1,4 @@
-"""Node parameters: declared from the core parameter table (core/params.py), read once at
+"""Node parameters: declared from the core parameter table (core/config/params.py), read once at
 start-up and validated. Every problem is collected and raised together as a `ParameterError`,
 which each node's `main()` reports as one clear start-up error."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from ..core.config.params import NodeParameters, check_values, node_specs
+from ..core.config.settings import ParamSpec
 from ..core.errors import AnyLocError, ConfigError
-from ..core.params import NodeParameters, check_values, node_specs
-from ..core.settings import ParamSpec
 
 
 class ParameterError(AnyLocError, ValueError):

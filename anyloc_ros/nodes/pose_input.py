@@ -13,8 +13,8 @@ from typing import Any
 
 from rclpy.node import Node
 
+from ..core.config.nodes import PoseSettings
 from ..core.geometry import Pose
-from ..core.params import PoseSettings
 from ..core.pose_buffer import PoseBuffer, PoseError
 from .conversions import pose_from_msg, stamp_to_ns
 from .diagnostics import RateStats, log_error

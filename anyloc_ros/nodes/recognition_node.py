@@ -11,8 +11,8 @@ revisited neighbourhood. Publishes:
 * `loop_closures` (anyloc_ros/LoopClosure) for confirmed candidates;
 * optionally `relocalization_pose` (geometry_msgs/PoseWithCovarianceStamped, by default only
   for published loop closures: the matched keyframe's pose composed with the verified relative
-  pose and its covariance, metric with depth, orientation only without; see
-  core/relative_pose.relocalization), `loop_closure_markers` (visualization_msgs/MarkerArray) and
+  pose and its covariance, metric with depth, orientation only without; the rule is the per-frame
+  step's, core/recognition/step.py), `loop_closure_markers` (visualization_msgs/MarkerArray) and
   `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
 """
 
@@ -23,22 +23,28 @@ from typing import Any
 
 import cv2
 import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, PoseWithCovarianceStamped
+from geometry_msgs.msg import Pose as PoseMsg
 from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+from visualization_msgs.msg import Marker, MarkerArray
 
-from ..core.database import PlaceDatabase
+from ..core.config.map import IndexConfig
+from ..core.config.nodes import MapSettings, PoseSettings, RecognitionSettings
+from ..core.config.recognition import LoopClosureConfig, SequenceConfig, VerificationConfig
+from ..core.encoding.images import decode_image_bytes
 from ..core.errors import AnyLocError
-from ..core.geometry import Pose
-from ..core.loop_closure import LoopClosureConfig
-from ..core.map_index import IndexConfig
-from ..core.params import MapSettings, PoseSettings, RecognitionSettings
-from ..core.recognition import PlaceRecognizer, RecognitionResult
-from ..core.relative_pose import relocalization
-from ..core.sequence import SequenceConfig
+from ..core.map.database import PlaceDatabase
+from ..core.recognition.recognizer import PlaceRecognizer
+from ..core.recognition.step import FrameStep, StepResult
 from ..core.types import DescriptorFrame
-from ..core.verification import VerificationConfig
-from .conversions import ns_to_stamp, pose_to_msg, rgb_to_image_msg
+from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
+from .conversions import ns_to_stamp, pose_to_msg
 from .descriptor_msg import EncoderGate, accept_descriptor
 from .diagnostics import Diagnostics, RateStats, log_error
+from .images import rgb_to_image_msg
 from .parameters import declare, validate_map_path
 from .pose_input import PoseInput
 from .qos import latched_qos, queue_qos
@@ -48,13 +54,6 @@ from .spin import run_node
 class RecognitionNode(Node):
     def __init__(self, name: str = "recognition_node", subscribe_descriptors: bool = True, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        from geometry_msgs.msg import PoseWithCovarianceStamped
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import String
-        from visualization_msgs.msg import MarkerArray
-
-        from ..msg import LoopClosure, PlaceDescriptor, PlaceMatch
-
         self.params = params = declare(self, "recognition_node")  # kept: what the node runs with, for tools and tests
         self.map_settings = params.get(MapSettings)
         self.map_path = validate_map_path(name, self.map_settings.map_path, must_exist=True)
@@ -66,6 +65,7 @@ class RecognitionNode(Node):
         self.map_id = ""
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
+        self.step: FrameStep | None = None
         self.encoders = EncoderGate()
         self._started = time.monotonic()
         self._edges: list[Any] = []
@@ -101,6 +101,7 @@ class RecognitionNode(Node):
             self.diagnostics.set_status(2, f"cannot open map: {exc}")
             return False
         self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config, self.verification_config)
+        self.step = FrameStep(self.recognizer, recognition=self.settings)
         self.map_id = str(db.store.meta("map_id") or "")
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
         self.diagnostics.set_status(0, "ok")
@@ -117,21 +118,17 @@ class RecognitionNode(Node):
         if frame is not None:
             self.handle_frame(frame, msg.header)
 
-    def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> RecognitionResult | None:
+    def handle_frame(self, frame: DescriptorFrame, header: Any = None) -> StepResult | None:
         last = self._last_seq.get(frame.frame_id)  # each camera's encoder numbers its own frames
         if last is not None and frame.seq > last + 1:
             self.stats.inc("frames_dropped", frame.seq - last - 1)  # overwritten in the bounded queue
         self._last_seq[frame.frame_id] = frame.seq
-        if self.recognizer is None and not self._try_open():
+        if self.step is None and not self._try_open():
             self.stats.inc("frames_without_map")
             return None
-        rec = self.recognizer
         t0 = time.perf_counter()
-        pose = self.poses.at(frame.stamp_ns)
         try:
-            result = rec.recognize(frame.descriptor, frame.stamp_ns, pose, frame.patches, query_id=frame.seq,
-                                   exclude_current_session=self.settings.exclude_current_session,
-                                   camera=frame.frame_id, local=frame.local)
+            out = self.step(frame, self.poses.at(frame.stamp_ns))
         except AnyLocError as exc:
             self.stats.inc("frames_rejected")
             log_error(self, f"query refused: {exc}")
@@ -142,76 +139,64 @@ class RecognitionNode(Node):
             return None
         self.stats.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.stats.inc("queries")
+        result = out.recognition
         if result.suppressed:
             self.stats.inc("loop_closures_suppressed")
         if result.rejected is not None:
             self.stats.inc("loop_closures_rejected")
             if result.rejected.reason in ("distance", "depth"):  # metric checks: not a revisit, depth disagrees
                 self.stats.inc(f"loop_closures_refused_{result.rejected.reason}")
-        self.stats.values["map_size"] = str(rec.map_size)
-        if result.matches:
-            self.stats.values["last_match_score"] = f"{result.matches[0].score:.3f}"
-        self._publish(frame, result, header)
-        return result
+        self.stats.values["map_size"] = str(self.recognizer.map_size)
+        if out.matches:
+            self.stats.values["last_match_score"] = f"{out.matches[0].score:.3f}"
+        self._publish(frame, out, header)
+        return out
 
     # ---- outputs
-    def _header(self, frame: DescriptorFrame) -> Any:
-        from std_msgs.msg import Header
-
+    def _header(self, frame: DescriptorFrame) -> Header:
         h = Header()
         h.stamp = ns_to_stamp(frame.stamp_ns, type(h.stamp))
         h.frame_id = self.poses.frame_id  # the frame the robot poses are in (odometry): never labelled map
         return h
 
-    def _publish(self, frame: DescriptorFrame, result: RecognitionResult, header: Any) -> None:
-        from builtin_interfaces.msg import Time
-        from geometry_msgs.msg import Pose as PoseMsg
-
-        from ..msg import PlaceMatch
-
+    def _publish(self, frame: DescriptorFrame, out: StepResult, header: Any) -> None:
         h = self._header(frame)
+        matches = out.matches
         m = PlaceMatch(header=h, query_stamp=h.stamp, query_id=int(frame.seq), query_camera=frame.frame_id)
-        m.keyframe_ids = [int(x.keyframe_id) for x in result.matches]
-        m.scores = [float(x.rerank_score if x.rerank_score is not None else x.score) for x in result.matches]
-        m.sequence_scores = [float(x.sequence_score) for x in result.matches if x.sequence_score is not None]
-        m.session_ids = [x.session for x in result.matches]
-        m.keyframe_stamps = [ns_to_stamp(x.stamp_ns, Time) for x in result.matches]
-        m.poses = [pose_to_msg(x.pose, PoseMsg) for x in result.matches]
-        m.pose_valid = [x.pose is not None for x in result.matches]
-        m.keyframe_cameras = [x.frame_id for x in result.matches]
+        m.keyframe_ids = [int(x.keyframe_id) for x in matches]
+        m.scores = [float(x.frame_score) for x in matches]
+        m.sequence_scores = [float(x.sequence_score) for x in matches if x.sequence_score is not None]
+        m.session_ids = [x.session for x in matches]
+        m.keyframe_stamps = [ns_to_stamp(x.stamp_ns, Time) for x in matches]
+        m.poses = [pose_to_msg(x.pose, PoseMsg) for x in matches]
+        m.pose_valid = [x.pose is not None for x in matches]
+        m.keyframe_cameras = [x.frame_id for x in matches]
         m.encode_latency_ms = float(frame.encode_ms)
         self.match_pub.publish(m)
-        best = result.matches[0] if result.matches else None
-        if result.loop is not None:
-            v = result.loop.verification
-            edge = v.pose.in_base_frames() if v is not None and v.pose is not None else None
-            msg = self._loop_closure_msg(frame, result, h, edge)
+        lc = out.loop
+        if lc is not None:
+            msg = self._loop_closure_msg(frame, out, h)
             self.loop_pub.publish(msg)
             self.stats.inc("loop_closures")
-            lc, q = result.loop, result.query
+            v, q = lc.verification, out.recognition.query
             self.get_logger().info(
                 f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} (score {lc.match.score:.3f}, "
                 f"{lc.consistent} consistent, " + (f"verified: {v.inliers} inliers" if v is not None else "unverified")
-                + (", relative pose" if msg.relative_pose_valid else "") + ")")
+                + (f", relative pose ({'metric' if msg.scale_known else 'up to scale'})"
+                   if msg.relative_pose_valid else "") + ")")
             if self.marker_pub is not None and q.pose is not None and lc.match.pose is not None:
                 self._publish_markers(h, q.pose, lc.match.pose)
-            if self.reloc_pub is not None and lc.match.pose is not None \
-                    and lc.match.score >= self.settings.relocalization_min_score:
-                self._publish_relocalization(h, lc.match.pose, edge, msg.scale_known)
-        elif not self.settings.relocalization_requires_loop and self.reloc_pub is not None and best is not None \
-                and best.pose is not None and best.score >= self.settings.relocalization_min_score:
-            self._publish_relocalization(h, best.pose, None)  # one frame's appearance alone: unverified
-        if self.image_pub is not None and best is not None and frame.thumbnail:
-            self._publish_debug_image(frame, best, header)
+        if self.reloc_pub is not None and out.relocalization is not None:
+            pose, cov = out.relocalization
+            hint = PoseWithCovarianceStamped(header=h)
+            hint.pose.pose = pose_to_msg(pose, PoseMsg)
+            hint.pose.covariance = cov.ravel().tolist()
+            self.reloc_pub.publish(hint)
+        if self.image_pub is not None and matches and frame.thumbnail:
+            self._publish_debug_image(frame, matches[0], header)
 
-    def _loop_closure_msg(self, frame: DescriptorFrame, result: RecognitionResult, h: Any,
-                          edge: tuple[Pose, np.ndarray] | None) -> Any:
-        from builtin_interfaces.msg import Time
-        from geometry_msgs.msg import Pose as PoseMsg
-
-        from ..msg import LoopClosure
-
-        lc, q = result.loop, result.query
+    def _loop_closure_msg(self, frame: DescriptorFrame, out: StepResult, h: Header) -> LoopClosure:
+        lc, q = out.loop, out.recognition.query
         msg = LoopClosure(header=h, robot_id=self.settings.robot_id, map_id=self.map_id, query_id=int(q.id),
                           query_stamp=h.stamp, query_session=q.session, match_id=int(lc.match.keyframe_id),
                           match_stamp=ns_to_stamp(lc.match.stamp_ns, Time), match_session=lc.match.session,
@@ -224,31 +209,15 @@ class RecognitionNode(Node):
         v = lc.verification
         if v is not None:
             msg.verified, msg.keypoint_matches, msg.inliers = v.verified, int(v.matches), int(v.inliers)
-            if edge is not None:
-                rel, cov = edge
+            if out.edge is not None:
+                rel, cov = out.edge
                 msg.relative_pose_valid = True
                 msg.relative_pose.pose = pose_to_msg(rel, PoseMsg)
                 msg.relative_pose.covariance = [float(c) for c in cov.ravel()]
-                msg.scale_known = bool(v.pose.scale_known)
+                msg.scale_known = out.scale_known
         return msg
 
-    def _publish_relocalization(self, h: Any, keyframe_pose: Pose, edge: tuple[Pose, np.ndarray] | None,
-                                scale_known: bool = False) -> None:
-        """The query's pose from the matched keyframe's (core relative_pose.relocalization): metric
-        with a depth-verified closure, orientation only with a monocular one."""
-        from geometry_msgs.msg import Pose as PoseMsg
-        from geometry_msgs.msg import PoseWithCovarianceStamped
-
-        pose, cov = relocalization(keyframe_pose, edge, scale_known, self.settings.relocalization_covariance)
-        msg = PoseWithCovarianceStamped(header=h)
-        msg.pose.pose = pose_to_msg(pose, PoseMsg)
-        msg.pose.covariance = cov.ravel().tolist()
-        self.reloc_pub.publish(msg)
-
     def _publish_markers(self, h: Any, a: Any, b: Any) -> None:
-        from geometry_msgs.msg import Point
-        from visualization_msgs.msg import Marker, MarkerArray
-
         self._edges.append((Point(x=a.x, y=a.y, z=a.z), Point(x=b.x, y=b.y, z=b.z)))
         self._edges = self._edges[-1000:]
         mk = Marker(header=h, ns="anyloc_loop_closures", id=0, type=Marker.LINE_LIST, action=Marker.ADD)
@@ -259,10 +228,6 @@ class RecognitionNode(Node):
         self.marker_pub.publish(MarkerArray(markers=[mk]))
 
     def _publish_debug_image(self, frame: DescriptorFrame, best: Any, header: Any) -> None:
-        from sensor_msgs.msg import Image
-
-        from ..core.images import decode_image_bytes
-
         try:
             q = decode_image_bytes(frame.thumbnail)
             t = self.recognizer.thumbnail(best.keyframe_id)

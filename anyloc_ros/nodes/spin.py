@@ -7,6 +7,9 @@ import signal
 import sys
 from typing import Any
 
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
 from ..core.errors import AnyLocError
 
 _LEVELS = ((logging.ERROR, "error"), (logging.WARNING, "warn"), (logging.INFO, "info"))
@@ -44,8 +47,6 @@ def run_node(factory: Any, args: list[str] | None = None) -> int:
     """Standard main(): init, construct the node (or list of nodes: one multi-threaded executor),
     spin, shut down. Start-up errors (bad parameters, missing weights) print one clear message
     and return 1, so a launch file sees the node exit with a failure."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     rclpy.init(args=args)
     nodes: list[Any] = []

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.encoding.images import list_images
 from ..core.errors import AnyLocError
-from ..core.images import list_images
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,10 @@
 
 Every sub-command takes an encoder config (`--config FILE.yaml`) or a named preset
 (`--preset NAME`); errors in inputs are reported in one line with a non-zero exit code.
+
+The tools import what a sub-command runs inside the function that runs it (here and in the
+other tools modules): every module is loaded to build the parser, and `anyloc --help`,
+`anyloc params` or `make-bag` must not load torch, onnxruntime, faiss or rclpy.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import PRESETS, EncoderConfig
+from ..core.config.encoder import PRESETS, EncoderConfig
 from ..core.errors import AnyLocError
 from .encoder_args import add_encoder_args, encoder_config
 
@@ -32,8 +36,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     """The nodes' parameter table (the README's), or one node's defaults as a params file."""
-    from ..core.params import markdown_table, node_specs
+    from ..core.config.params import markdown_table, node_specs, params_file_text
 
+    if args.file:
+        print(params_file_text(), end="")
+        return 0
     if args.node is None:
         print(markdown_table())
         return 0
@@ -45,9 +52,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_build_vocab(args: argparse.Namespace) -> int:
-    from ..core.encoder import build_backbone
-    from ..core.images import list_images
-    from ..core.vocabulary import build_vocabulary
+    from ..core.encoding.encoder import build_backbone
+    from ..core.encoding.images import list_images
+    from ..core.encoding.vocabulary import build_vocabulary
 
     cfg = encoder_config(args)
     images = list_images(args.images)
@@ -78,8 +85,8 @@ def _add_encode_folder_args(p: argparse.ArgumentParser) -> None:
 def _encode_folder(cfg: EncoderConfig, folder: str, quiet: bool, skip_bad: bool = False
                    ) -> tuple[np.ndarray, list[Path], Any]:
     """Descriptors of a folder's images; with skip_bad, unreadable images are left out and reported."""
-    from ..core.encoder import Encoder
-    from ..core.images import list_images
+    from ..core.encoding.encoder import Encoder
+    from ..core.encoding.images import list_images
     from ..eval.evaluate import encode_images
 
     encoder = Encoder.from_config(cfg)
@@ -108,7 +115,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_pca(args: argparse.Namespace) -> int:
-    from ..core.projection import PCA
+    from ..core.encoding.projection import PCA
 
     cfg = encoder_config(args)
     cfg.projection.pca = None  # fit on the un-projected descriptors
@@ -122,9 +129,9 @@ def cmd_fit_pca(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..core.backbones import Dinov2Backbone
-    from ..core.encoder import build_backbone
-    from ..core.onnx_backbone import export_dinov2_onnx
+    from ..core.encoding.backbones import Dinov2Backbone
+    from ..core.encoding.encoder import build_backbone
+    from ..core.encoding.onnx_backbone import export_dinov2_onnx
 
     cfg = encoder_config(args)
     cfg.backbone.device = "cpu"
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="the nodes' parameters (markdown table), or one node's defaults as YAML")
     p.add_argument("node", nargs="?", help="encoder_node, mapping_node, recognition_node or anyloc_pipeline")
+    p.add_argument("--file", action="store_true", help="every parameter of every node as one commented params "
+                   "file (config/anyloc.yaml)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("build-vocab", help="build a VLAD vocabulary (k-means on dense features of a folder of images)")
@@ -206,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        from ..core.images import set_max_image_pixels
+        from ..core.encoding.images import set_max_image_pixels
 
         set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)

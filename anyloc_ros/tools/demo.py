@@ -49,11 +49,11 @@ def default_config() -> Path:
 
 def run_demo(data: Path, workdir: Path, encoder_config: Path, device: str = "cpu", clusters: int = 32,
              quiet: bool = False) -> dict[str, Any]:
-    from ..core.config import EncoderConfig
-    from ..core.encoder import build_backbone
-    from ..core.images import load_image
-    from ..core.loop_closure import LoopClosureConfig
-    from ..core.vocabulary import build_vocabulary
+    from ..core.config.encoder import EncoderConfig
+    from ..core.config.recognition import LoopClosureConfig
+    from ..core.encoding.encoder import build_backbone
+    from ..core.encoding.images import load_image
+    from ..core.encoding.vocabulary import build_vocabulary
     from ..eval.datasets import load_folder_dataset
     from .ros_driver import DriverNode, NodeProcess, isolated_dds_env, publish_traversal, write_params
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.config import PRESETS, EncoderConfig, EncoderSelection
+from ..core.config.encoder import PRESETS, EncoderConfig, EncoderSelection
 
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ def load_dataset(args: argparse.Namespace):
     if gt is None or gt == "vg":
         return load_vg_dataset(args.database, args.queries, args.radius if args.radius is not None else 25.0)
     if str(gt).endswith(".npy"):
-        from ..core.images import list_images
+        from ..core.encoding.images import list_images
         from ..eval.datasets import PlaceDataset
 
         db, q = list_images(args.database), list_images(args.queries)
@@ -31,8 +31,8 @@ def load_dataset(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..core.encoder import build_backbone
-    from ..core.vocabulary import build_vocabulary
+    from ..core.encoding.encoder import build_backbone
+    from ..core.encoding.vocabulary import build_vocabulary
     from ..eval.evaluate import evaluate, print_table
     from .encoder_args import encoder_config
 
@@ -60,10 +60,10 @@ def pipeline_settings(args: argparse.Namespace):
     """The recognition pipeline the nodes would run with `--params-file` (their defaults without)."""
     import dataclasses
 
-    from ..core.loop_closure import LoopClosureConfig
-    from ..core.params import EncoderNodeSettings, NodeParameters
-    from ..core.sequence import SequenceConfig
-    from ..eval.evaluate import PipelineSettings
+    from ..core.config.nodes import EncoderNodeSettings
+    from ..core.config.params import NodeParameters
+    from ..core.config.recognition import LoopClosureConfig, SequenceConfig
+    from ..eval.evaluate import EvalSettings
 
     if args.params_file:
         enc = NodeParameters.from_file(args.params_file, "encoder_node").get(EncoderNodeSettings)
@@ -73,7 +73,7 @@ def pipeline_settings(args: argparse.Namespace):
         enc, loop, seq = EncoderNodeSettings(), LoopClosureConfig(), SequenceConfig()
     if args.no_rerank:
         loop = dataclasses.replace(loop, rerank=False)
-    return PipelineSettings(loop, seq, enc)
+    return EvalSettings(loop, seq, enc)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Two modes from one params file (written to the output folder): over DDS into the real node
 processes, or offline through the same core objects in the same order (encode -> recognise,
-query first -> Mapper) built from the same parameters (core/params.py), so both modes give
+query first -> Mapper) built from the same parameters (core/config/params.py), so both modes give
 the same matches.
 """
 
@@ -12,53 +12,51 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import AnyLocError
-from .bags import CAMERA_INFO_TYPE, DEPTH_TYPE, IMAGE_TYPES, ODOM_TYPES, BagError, BagMessage, bag_poses, read_bag
+from .bags import CAMERA_INFO_TYPE, DEPTH_TYPE, IMAGE_TYPES, BagError, BagMessage, bag_poses, read_bag
+from .replay_dds import replay_dds
+from .replay_records import FrameResult, ReplayResult, closure_record
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FrameResult:
-    stamp_ns: int
-    top_ids: list[int]
-    top_scores: list[float]
-    loop_match: int | None = None
-    latency_ms: float = 0.0
-    loop_relative_pose: bool = False  # the closure carries the keyframe -> query relative pose (intrinsics known)
-    closure: dict[str, Any] | None = None  # the published loop closure (closure_record)
+class DepthPairing:
+    """Each colour frame's depth image offline: the nearest within depth.slop_s, as the encoder
+    node's ApproximateTimeSynchronizer pairs them (none without depth.enable)."""
 
+    def __init__(self, messages: list[BagMessage], settings: Any) -> None:
+        from ..nodes.conversions import stamp_to_ns
 
-def closure_record(query_stamp_ns: int, match_id: int, match_stamp_ns: int, verified: bool, inliers: int,
-                   edge: tuple[Any, np.ndarray] | None, scale_known: bool) -> dict[str, Any]:
-    """A published loop closure as replay's JSON lists it (the same fields from the core result
-    offline and from the LoopClosure message over DDS)."""
-    rec: dict[str, Any] = {"query_stamp_ns": int(query_stamp_ns), "match_id": int(match_id),
-                           "match_stamp_ns": int(match_stamp_ns), "verified": bool(verified), "inliers": int(inliers),
-                           "scale_known": bool(scale_known), "relative_pose": None, "covariance": None}
-    if edge is not None:
-        pose, cov = edge
-        rec["relative_pose"] = [float(v) for v in pose.as_tuple()]
-        rec["covariance"] = [float(v) for v in np.asarray(cov).ravel()]
-    return rec
+        self.settings = settings
+        found = sorted((stamp_to_ns(m.msg.header.stamp), m.msg) for m in messages if m.msgtype == DEPTH_TYPE) \
+            if settings.enable else []
+        self.stamps = np.array([d[0] for d in found], np.int64)
+        self.images = [d[1] for d in found]
 
+    def at(self, stamp: int, size: tuple[int, int], skip: Any) -> np.ndarray | None:
+        """The depth in metres for a colour frame of `size`, or None; a depth image that cannot be
+        used is skipped and counted (`skip`), and the frame goes on without depth, as in the node."""
+        from ..nodes.images import depth_msg_to_metres
 
-@dataclass
-class ReplayResult:
-    mode: str
-    frames: list[FrameResult] = field(default_factory=list)
-    map_path: str = ""
-    skipped: dict[str, int] = field(default_factory=dict)  # bad messages skipped and counted, as the nodes do
-
-    def skip(self, kind: str, why: Exception) -> None:
-        self.skipped[kind] = self.skipped.get(kind, 0) + 1
-        log.warning("replay: %s skipped: %s", kind, why)
+        if not len(self.stamps):
+            return None
+        k = int(np.argmin(np.abs(self.stamps - stamp)))
+        if abs(int(self.stamps[k]) - stamp) > self.settings.slop_s * 1e9:
+            return None
+        s = self.settings
+        try:
+            depth = depth_msg_to_metres(self.images[k], s.scale, s.min_m, s.max_m)
+            if depth.shape != size:
+                raise AnyLocError(f"depth image of {depth.shape[::-1]} for a colour image of {size[::-1]}")
+        except AnyLocError as exc:
+            skip("depth", exc)
+            return None
+        return depth
 
 
 def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool
@@ -66,30 +64,31 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
     """The nodes' logic without DDS, built from the nodes' parameters in `params_file`:
     encode -> recognise (query first) -> Mapper (keyframe gate, add)."""
     from ..core.camera import CameraModel
-    from ..core.config import EncoderSelection
-    from ..core.database import PlaceDatabase
-    from ..core.encoder import Encoder
-    from ..core.loop_closure import KeyframeGateConfig, LoopClosureConfig
-    from ..core.map_index import IndexConfig
-    from ..core.mapping import Mapper
-    from ..core.params import (
+    from ..core.config.encoder import EncoderSelection
+    from ..core.config.map import IndexConfig
+    from ..core.config.nodes import (
         CameraSettings,
         DepthSettings,
         EncoderNodeSettings,
         MappingSettings,
-        NodeParameters,
         RecognitionSettings,
     )
-    from ..core.recognition import PlaceRecognizer
-    from ..core.sequence import SequenceConfig
-    from ..core.verification import VerificationConfig
-    from ..nodes.conversions import depth_msg_to_metres, message_to_rgb, stamp_to_ns
+    from ..core.config.params import NodeParameters
+    from ..core.config.recognition import KeyframeGateConfig, LoopClosureConfig, SequenceConfig, VerificationConfig
+    from ..core.encoding.encoder import Encoder
+    from ..core.encoding.patches import PatchCompressor
+    from ..core.map.database import PlaceDatabase
+    from ..core.recognition.mapping import Mapper
+    from ..core.recognition.recognizer import PlaceRecognizer
+    from ..core.recognition.step import FrameStep
+    from ..core.types import DescriptorFrame
+    from ..nodes.conversions import stamp_to_ns
+    from ..nodes.images import message_to_rgb
 
     enc_p = NodeParameters.from_file(params_file, "encoder_node")
     map_p = NodeParameters.from_file(params_file, "mapping_node")
     rec_p = NodeParameters.from_file(params_file, "recognition_node")
     enc_settings, mapping = enc_p.get(EncoderNodeSettings), map_p.get(MappingSettings)
-    recognition = rec_p.get(RecognitionSettings)
     encoder = Encoder.from_config(enc_p.get(EncoderSelection).build())
     result = ReplayResult("offline", map_path=str(map_path))
     poses = bag_poses(messages, result.skip)
@@ -103,20 +102,16 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
             mapper.new_session(mapping.session or None)
     recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig),
                                  rec_p.get(VerificationConfig))
-    compressor = enc_settings.patch_compressor(encoder.backbone.feature_dim)
+    step = FrameStep(recognizer, mapper, rec_p.get(RecognitionSettings), mapping)
+    compressor = PatchCompressor.of(enc_settings, encoder.backbone.feature_dim)
     camera = enc_p.get(CameraSettings)  # intrinsics: the parameters', else the bag's latest camera_info
-    depth_settings = enc_p.get(DepthSettings)
+    depths = DepthPairing(messages, enc_p.get(DepthSettings))
 
     def info_of(msg: Any) -> CameraModel | None:
         return CameraModel.from_camera_info(msg.k, msg.d, msg.distortion_model, msg.width, msg.height)
 
     # from the first frame on (the DDS mode latches the first camera_info ahead of the first image)
     info = next((i for m in messages if m.msgtype == CAMERA_INFO_TYPE and (i := info_of(m.msg))), None)
-    # depth images by stamp: each colour frame takes the nearest within depth.slop_s, as the node's
-    # ApproximateTimeSynchronizer pairs them
-    depths = sorted((stamp_to_ns(m.msg.header.stamp), m.msg) for m in messages if m.msgtype == DEPTH_TYPE) \
-        if depth_settings.enable else []
-    depth_stamps = np.array([d[0] for d in depths], np.int64)
     for m in messages:
         if m.msgtype == CAMERA_INFO_TYPE:
             info = info_of(m.msg) or info
@@ -127,151 +122,26 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         stamp = stamp_to_ns(m.msg.header.stamp)
         try:  # a bad frame is skipped and counted, as the encoder node does
             rgb = message_to_rgb(m.msg)
-        except AnyLocError as exc:
-            result.skip("images", exc)
-            continue
-        depth = None
-        if len(depth_stamps):
-            k = int(np.argmin(np.abs(depth_stamps - stamp)))
-            if abs(int(depth_stamps[k]) - stamp) <= depth_settings.slop_s * 1e9:
-                try:
-                    depth = depth_msg_to_metres(depths[k][1], depth_settings.scale, depth_settings.min_m,
-                                                depth_settings.max_m)
-                    if depth.shape != rgb.shape[:2]:
-                        raise AnyLocError(f"depth image of {depth.shape[::-1]} for a colour image of {rgb.shape[1::-1]}")
-                except AnyLocError as exc:  # counted; the frame goes on without depth, as in the node
-                    result.skip("depth", exc)
-                    depth = None
-        try:
+            depth = depths.at(stamp, rgb.shape[:2], result.skip)
             enc = encoder.encode_frame(rgb, compressor, enc_settings.publish_keypoints,
                                        camera.camera_for(*rgb.shape[:2], info), depth, camera.mount())
         except AnyLocError as exc:
             result.skip("images", exc)
             continue
-        desc, patches = enc.descriptor, enc.patches
-        pose = poses.at(stamp)
-        res = recognizer.recognize(desc, stamp, pose, patches,
-                                   exclude_current_session=recognition.exclude_current_session, local=enc.local)
-        if mapper is not None:
-            kid, _ = mapper.offer(desc, stamp, m.msg.header.frame_id, pose,
-                                  patches if mapping.store_patches else None,
-                                  local=enc.local if mapping.store_local_features else None)
-            if kid is not None:
-                recognizer.observe_keyframe(kid, stamp, pose)
+        frame = DescriptorFrame(stamp, m.msg.header.frame_id, len(result.frames), enc.descriptor, patches=enc.patches,
+                                local=enc.local)
+        out = step(frame, poses.at(stamp))
         closure = None
-        if res.loop is not None:
-            v = res.loop.verification
-            edge = v.pose.in_base_frames() if v is not None and v.pose is not None else None
-            closure = closure_record(stamp, res.loop.match.keyframe_id, res.loop.match.stamp_ns, v is not None and
-                                     v.verified, v.inliers if v is not None else 0, edge,
-                                     bool(edge is not None and v.pose.scale_known))
+        if out.loop is not None:
+            v = out.loop.verification
+            closure = closure_record(stamp, out.loop.match.keyframe_id, out.loop.match.stamp_ns,
+                                     v is not None and v.verified, v.inliers if v is not None else 0, out.edge,
+                                     out.scale_known)
         result.frames.append(FrameResult(
-            stamp, [x.keyframe_id for x in res.matches],
-            [float(x.rerank_score if x.rerank_score is not None else x.score) for x in res.matches],
-            res.loop.match.keyframe_id if res.loop else None, (time.perf_counter() - t0) * 1e3,
-            closure is not None and closure["relative_pose"] is not None, closure))
+            stamp, [x.keyframe_id for x in out.matches], [float(x.frame_score) for x in out.matches],
+            out.loop.match.keyframe_id if out.loop else None, (time.perf_counter() - t0) * 1e3,
+            out.edge is not None, closure))
     db.close()
-    return result
-
-
-def replay_dds(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool, rate: float, workdir: Path, timeout: float = 60.0) -> ReplayResult:
-    """Publish the bag's raw CDR messages at the recorded (scaled) rate into the real nodes."""
-    from ..nodes.conversions import pose_from_msg, stamp_to_ns
-    from .ros_driver import DriverNode, NodeProcess
-
-    images = [m for m in messages if m.msgtype in IMAGE_TYPES]
-    names = ["encoder_node", "recognition_node"] + ([] if localization else ["mapping_node"])
-    transport = "compressed" if images and images[0].msgtype == IMAGE_TYPES[1] else "raw"
-    nodes = [NodeProcess(n, params_file, workdir, "-p", f"map_path:={map_path}",
-                         *(["-p", f"image_transport:={transport}"] if n == "encoder_node" else []))
-             for n in names]
-    driver = DriverNode("anyloc_replay")
-    result = ReplayResult("dds", map_path=str(map_path))
-    try:
-        from geometry_msgs.msg import PoseStamped
-        from nav_msgs.msg import Odometry
-        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-
-        from ..msg import LoopClosure, PlaceMatch
-        from ..nodes.qos import latched_qos
-
-        driver.watch(PlaceMatch, "place_matches", 1000)
-        driver.watch(LoopClosure, "loop_closures", 1000)
-        img_pub = driver.node.create_publisher(CompressedImage if transport == "compressed" else Image,
-                                               "image/compressed" if transport == "compressed" else "image", 100)
-        odom_pub = None
-        odoms = [m for m in messages if m.msgtype in ODOM_TYPES]
-        if odoms:
-            odom_pub = driver.node.create_publisher(Odometry if odoms[0].msgtype == ODOM_TYPES[0] else PoseStamped,
-                                                    "odom" if odoms[0].msgtype == ODOM_TYPES[0] else "pose", 1000)
-        driver.wait_matched(img_pub, 1, 120, nodes)
-        if odom_pub is not None:
-            driver.wait_matched(odom_pub, len(names) - 1, 120)
-        driver.wait_graph("descriptors", 1, len(names) - 1, 120)  # encoder -> recognition (+ mapping)
-        driver.wait_graph("place_matches", 1, 1, 120)
-        depth_pub = driver.node.create_publisher(Image, "depth", 100) \
-            if any(m.msgtype == DEPTH_TYPE for m in messages) else None
-        infos = [m for m in messages if m.msgtype == CAMERA_INFO_TYPE]
-        info_pub = driver.node.create_publisher(CameraInfo, "camera_info", latched_qos()) if infos else None
-        if info_pub is not None:
-            # The encoder node asks for camera_info only when it needs it (keypoints, no camera.fx):
-            # give it a moment to be seen, then the first one ahead of the first image, so every
-            # frame has the intrinsics the offline mode gives it.
-            deadline = time.monotonic() + 3.0
-            while info_pub.get_subscription_count() < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if info_pub.get_subscription_count():
-                info_pub.publish(infos[0].raw)
-                time.sleep(0.5)
-            else:
-                info_pub = None
-        sent: dict[int, float] = {}
-        start_wall, start_bag = time.monotonic(), messages[0].stamp_ns
-        for m in messages:
-            delay = (m.stamp_ns - start_bag) / 1e9 / rate - (time.monotonic() - start_wall)
-            if delay > 0:
-                time.sleep(delay)
-            if m.msgtype in IMAGE_TYPES:
-                sent[stamp_to_ns(m.msg.header.stamp)] = time.monotonic()
-                img_pub.publish(m.raw)
-            elif m.msgtype == CAMERA_INFO_TYPE:
-                if info_pub is not None:
-                    info_pub.publish(m.raw)
-            elif m.msgtype == DEPTH_TYPE:
-                if depth_pub is not None:
-                    depth_pub.publish(m.raw)
-            elif odom_pub is not None:
-                odom_pub.publish(m.raw)
-        matches = driver.wait_for("place_matches", len(images), timeout)
-        # a frame's loop closure is published just after its place match, on another topic: wait
-        # until loop closures stop arriving (0.5 s quiet) so the last frames' are not cut off
-        quiet_since, seen, give_up = time.monotonic(), len(driver.received["loop_closures"]), time.monotonic() + 5.0
-        while time.monotonic() - quiet_since < 0.5 and time.monotonic() < give_up:
-            time.sleep(0.05)
-            if len(driver.received["loop_closures"]) != seen:
-                quiet_since, seen = time.monotonic(), len(driver.received["loop_closures"])
-        arrived = driver.arrival_times("place_matches")
-        received = {stamp_to_ns(pm.query_stamp): (pm, t) for pm, t in zip(matches, arrived, strict=False)}
-        loops = {stamp_to_ns(lc.query_stamp): lc for lc in driver.received["loop_closures"]}
-        for stamp in sorted(sent):
-            pm, t = received.get(stamp, (None, float("nan")))
-            lc = loops.get(stamp)
-            closure = None
-            if lc is not None:
-                p = lc.relative_pose
-                edge = (pose_from_msg(p.pose), np.array(p.covariance, float).reshape(6, 6)) \
-                    if lc.relative_pose_valid else None
-                closure = closure_record(stamp, lc.match_id, stamp_to_ns(lc.match_stamp), lc.verified, lc.inliers, edge,
-                                         lc.scale_known)
-            result.frames.append(FrameResult(
-                stamp, list(pm.keyframe_ids) if pm else [], [float(x) for x in pm.scores] if pm else [],
-                lc.match_id if lc else None, (t - sent[stamp]) * 1e3, bool(lc and lc.relative_pose_valid), closure))
-        if len(received) < len(images):
-            raise BagError(f"only {len(received)} of {len(images)} frames produced a place match over DDS")
-    finally:
-        for n in nodes:
-            n.stop()
-        driver.close()
     return result
 
 
@@ -304,7 +174,7 @@ def write_replay_params(args: Any, out: Path, depth: bool = False) -> Path:
     selection for the encoder node and the settings replay needs (every frame queued, reliable,
     odometry as the pose source, depth on when the bag has it and the user did not say). The DDS
     nodes read it; the offline path builds the same objects."""
-    from ..core.params import read_params_file
+    from ..core.config.params import read_params_file
     from .encoder_args import encoder_selection
     from .ros_driver import write_params
 
@@ -352,8 +222,9 @@ def _cmd_replay(args: Any) -> int:
 
         isolated_dds_env()
         result = replay_dds(messages, params, map_path, localization, args.rate, out)
-    from ..core.database import PlaceDatabase
+    from ..core.map.database import PlaceDatabase
     from ..eval.loops import loop_closure_pr
+    from ..eval.poses import score_closures
     from ..nodes.conversions import stamp_to_ns
 
     buf = bag_poses(messages)
@@ -376,7 +247,7 @@ def _cmd_replay(args: Any) -> int:
                             "loop_match": f.loop_match, "loop_relative_pose": f.loop_relative_pose}
                            for f in result.frames]}
     if truth is not None:
-        summary["relative_pose_errors"] = _score_closures(closures, truth, out / f"closure_errors_{result.mode}.png")
+        summary["relative_pose_errors"] = score_closures(closures, truth, out / f"closure_errors_{result.mode}.png")
     (out / f"replay_{result.mode}.json").write_text(json.dumps(summary, indent=2))
     errors = summary.get("relative_pose_errors", {})
     print(f"replay ({result.mode}): {summary['frames']} frames, {summary['frames_matched']} with matches, "
@@ -407,35 +278,3 @@ def _ground_truth(source: str, messages: list[BagMessage]) -> Any:
     for stamp, p in zip(t, poses, strict=True):
         buf.add(int(round(float(stamp) * 1e9)), Pose(*map(float, p)))
     return buf
-
-
-def _score_closures(closures: list[dict[str, Any]], truth: Any, plot: Path) -> dict[str, Any]:
-    """Each closure's relative pose against the truth (match base -> query base), its errors and
-    Mahalanobis distance under its covariance, written into the closure record; the summary; a plot."""
-    from ..core.geometry import Pose, pose_matrix
-    from ..eval.plots import pose_errors
-    from ..eval.poses import score, summarise
-
-    scored = []
-    for c in closures:
-        a, b = truth.at(c["match_stamp_ns"]), truth.at(c["query_stamp_ns"])
-        if a is None or b is None:
-            continue
-        T_true = np.linalg.inv(pose_matrix(a)) @ pose_matrix(b)
-        c["true_distance_m"] = float(np.linalg.norm(T_true[:3, 3]))
-        if c["relative_pose"] is None:
-            continue
-        cov = np.array(c["covariance"]).reshape(6, 6)
-        s = score(pose_matrix(Pose(*c["relative_pose"])), cov, T_true, c["scale_known"])
-        s["cov"] = cov
-        c.update(translation_error_m=s["translation_error"], rotation_error_deg=float(np.degrees(s["rotation_error"])),
-                 direction_error_deg=float(np.degrees(s["direction_error"])), mahalanobis2=s["nees"],
-                 inside_95_ellipsoid=s["inside95"])
-        scored.append(s)
-    metric = [s for s in scored if s["dof"] == 6]
-    out = summarise(metric or scored)
-    out["metric"] = bool(metric)
-    out["largest_true_distance_m"] = max((c.get("true_distance_m", 0.0) for c in closures), default=0.0)
-    if scored:
-        out["plot"] = str(pose_errors(metric or scored, plot))
-    return out

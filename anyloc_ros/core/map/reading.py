@@ -1,0 +1,177 @@
+"""The read side of a PlaceDatabase: keyframes, their content and search (a follower uses only
+this; database.py adds opening, writing and maintenance)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import FeatureDimensionError
+from ..types import Keyframe, LocalFeatures, MapStats, Match
+from .rows import LOCAL_FEATURE_COLUMNS, local_features_from_row, patches_from_row
+
+if TYPE_CHECKING:
+    from ..config.map import IndexConfig
+    from .index import MapIndex
+    from .store import MapStore
+
+log = logging.getLogger("anyloc_ros.core.map.database")
+
+
+class MapReading:
+    """Reads of an open map (PlaceDatabase's state: its store, index, lock, dimension)."""
+
+    path: Path
+    dim: int
+    session: str
+    encoder_signature: dict[str, Any]
+    index_config: IndexConfig
+    _lock: threading.RLock
+    _index: MapIndex
+    _local_depths: bool | None
+    _last_id: int
+    _removed_seq: int
+
+    @property
+    def store(self) -> MapStore:  # provided by PlaceDatabase
+        raise NotImplementedError
+
+    def sessions(self) -> list[str]:
+        return self.store.sessions()
+
+    def _active_session(self) -> str:
+        """The session being written: recorded by the writer (also when it resumes an old one)."""
+        active = self.store.meta("active_session")
+        sessions = self.sessions()
+        if isinstance(active, str) and active in sessions:
+            return active
+        return sessions[-1] if sessions else ""
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def ids(self, session: str | None = None) -> np.ndarray:
+        return self.store.all_ids() if session is None else self.store.ids(session)
+
+    def descriptors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.store.descriptors(ids, self.dim)
+
+    def patches(self, keyframe_id: int) -> np.ndarray | None:
+        row = self.store.blob("patches, patches_shape", keyframe_id)
+        if row is None or row[0] is None:
+            return None
+        try:
+            return patches_from_row(row)
+        except (ValueError, TypeError):
+            log.error("map %s: keyframe %d has damaged patch features; not re-ranked", self.path, keyframe_id)
+            return None
+
+    def local_features(self, keyframe_id: int) -> LocalFeatures | None:
+        """The keyframe's keypoints for geometric verification (None when it has none or they are damaged)."""
+        if not self._local_depths:  # maps made before keypoint depths were stored have no column (until a writer adds it)
+            self._local_depths = self.store.has_column("local_features", "depths")
+        row = self.store.blob(LOCAL_FEATURE_COLUMNS + (", depths" if self._local_depths else ""), keyframe_id,
+                              table="local_features")
+        if row is None:
+            return None
+        try:
+            return local_features_from_row(row)
+        except (ValueError, TypeError):
+            log.error("map %s: keyframe %d has damaged local features; not verified", self.path, keyframe_id)
+            return None
+
+    def get(self, keyframe_id: int) -> Keyframe:
+        kf = self.store.keyframes_by_id([keyframe_id]).get(int(keyframe_id))
+        if kf is None:
+            raise KeyError(keyframe_id)
+        return kf
+
+    def sessions_of(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        """The session of each id ("" for ids not in the map), in order."""
+        known = self.store.sessions_of(ids)
+        return [known.get(int(i), "") for i in ids]
+
+    def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
+        """The session's `n` newest keyframes, oldest first."""
+        return self.store.newest_keyframes(session, n)
+
+    def keyframes(self, session: str | None = None) -> list[Keyframe]:
+        if session:
+            return self.store.keyframes("WHERE session=? ORDER BY id", (session,))
+        return self.store.keyframes("ORDER BY id")
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 5,
+        *,
+        sessions: Sequence[str] | None = None,
+        exclude_sessions: Sequence[str] | None = None,
+        max_id: int | None = None,
+        exclude_ids: Iterable[int] | None = None,
+    ) -> list[list[Match]]:
+        """Top-k keyframes by cosine similarity for each query (best first).
+
+        sessions / exclude_sessions restrict the search to, or away from, traversals;
+        max_id keeps only keyframes with id < max_id (e.g. to exclude recent ones).
+        """
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if q.shape[1] != self.dim:
+            raise FeatureDimensionError(f"query has {q.shape[1]} dimensions, the map holds {self.dim}-D descriptors")
+        if not np.isfinite(q).all():
+            raise FeatureDimensionError("query descriptor contains NaN or inf")
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        with self._lock:
+            include = None if sessions is None else \
+                np.concatenate([self.ids(s) for s in sessions] or [np.zeros(0, np.int64)])
+            excl = [self.ids(s) for s in (exclude_sessions or [])]
+            if exclude_ids is not None:
+                excl.append(np.asarray(list(exclude_ids), np.int64))
+            exclude = np.concatenate(excl) if excl else None
+            results = self._index.search(q, k, include=include, exclude=exclude, max_id=max_id)
+            return [self._matches(i_row, s_row) for i_row, s_row in results]
+
+    def search_ids(self, query: np.ndarray, ids: Sequence[int]) -> list[Match]:
+        """The query's similarity to the given keyframes (those that exist), in the order given."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        with self._lock:
+            d = self.descriptors(list(ids))
+            scores = np.nan_to_num(d @ q, nan=-1.0)
+            return self._matches(np.asarray(ids, np.int64), scores)
+
+    def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
+        valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
+        info = self.store.keyframes_by_id([i for i, _ in valid]) if valid else {}
+        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose)
+                for i, s in valid if (kf := info.get(i)) is not None]
+
+    def refresh(self) -> list[Keyframe]:
+        """Follower: pick up the writer's changes since the last call: the active session, removed
+        keyframes (dropped from the index) and new keyframes (returned, oldest first)."""
+        with self._lock:
+            self.session = self._active_session()
+            seq, removed = self.store.removed_since(self._removed_seq)
+            if removed:
+                self._removed_seq = seq
+                self._index.remove(np.asarray(removed, np.int64), self.store)
+            new = self.store.keyframes("WHERE id > ? ORDER BY id", (self._last_id,))
+            if not new:
+                return []
+            ids = np.array([k.id for k in new], np.int64)
+            self._index.add_from_store(ids, self.store)
+            self._last_id = int(ids[-1])
+            return new
+
+    def thumbnail(self, keyframe_id: int) -> bytes | None:
+        row = self.store.blob("thumbnail", keyframe_id)
+        return row[0] if row is not None and isinstance(row[0], bytes) else None
+
+    def stats(self) -> MapStats:
+        return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
+                        self._index.trained, dict(self.encoder_signature))

@@ -1,0 +1,262 @@
+"""MapStore: the SQLite file of a map (`map.sqlite`), the source of truth of a PlaceDatabase.
+
+It holds keyframes (id, session, stamp, camera frame, pose, descriptor, compact patches,
+thumbnail), their local features for geometric verification (keypoints, float16 descriptors,
+image size, intrinsics: a table of its own, absent in maps made before it), sessions, removed ids and the map's metadata (format, encoder signature, map id,
+active session, highest id ever used).
+
+Safety rules, each a fault a robot or an attacker can cause:
+
+* identify before touching: a file is a map only if it is an SQLite file whose header carries
+  the map's `application_id` (or none, for maps of earlier versions) and a `meta` table with
+  the map format. Anything else (another application's database, a FIFO, a text file, an
+  empty file) is refused with a `MapError` naming it, and is never written;
+* followers (recognition, localisation) open read-only, and still work on a read-only file
+  system; a writer on a read-only directory is told so;
+* one writer per map: the writer holds an exclusive lock (`map.lock`); a second is refused;
+* a new map appears atomically (built aside, renamed into place), so a reader never sees a
+  half-created map;
+* keyframe ids are never reused (a high-water mark in `meta`), removals are recorded so
+  followers drop them too;
+* SQLite errors never escape raw: disk full, read-only and damage become `MapError`s that
+  say what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MapError
+from ..fileio import remove_stale_temporaries
+from ..types import Keyframe
+from .file import take_writer_lock
+from .rows import chunks, decode_descriptor, from_json, keyframe_from_row
+from .schema import KEYFRAME_COLUMNS, connect, create_map_file, map_error
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ID = 128
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+
+
+def validate_session_id(sid: str) -> str:
+    if not isinstance(sid, str) or not 0 < len(sid) <= MAX_SESSION_ID or not SESSION_ID_RE.match(sid):
+        shown = repr(sid[:40]) + ("..." if isinstance(sid, str) and len(sid) > 40 else "")
+        raise MapError(f"invalid session id {shown}: use 1-{MAX_SESSION_ID} characters of letters, digits, "
+                       "'_', '-', '.', ':' (starting with a letter or digit)")
+    return sid
+
+
+class MapStore:
+    """One map's SQLite file, opened as the writer (locked, read-write) or as a follower (read-only)."""
+
+    FILE = "map.sqlite"
+    LOCK = "map.lock"
+
+    def __init__(self, directory: Path, *, writer: bool, create_meta: dict[str, Any] | None = None,
+                 durable: bool = True) -> None:
+        self.directory = directory
+        self.file = directory / self.FILE
+        self.writer = writer
+        self._lock_file: Any = None
+        self._conn: sqlite3.Connection | None = None
+        try:
+            if writer:
+                self._lock_file = take_writer_lock(directory, self.LOCK)
+                stale = remove_stale_temporaries(directory)
+                if stale:
+                    log.info("map %s: removed %d temporary file(s) left by an interrupted save", directory, len(stale))
+                if not self.file.exists() and not self.file.is_symlink():
+                    if create_meta is None:
+                        raise MapError(f"no map at {directory} (missing {self.file})")
+                    create_map_file(self.file, create_meta)
+            self._conn, self._has_removed = connect(self.file, self.directory, writer, durable)
+        except BaseException:
+            self.close()
+            raise
+
+    def writer_active(self) -> bool:
+        """True while another process (or object) holds the map's writer lock."""
+        if self.writer:
+            return True
+        try:
+            fd = os.open(self.directory / self.LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ errors
+    def error(self, action: str, exc: BaseException) -> MapError:
+        return map_error(action, self.file, exc)
+
+    @contextlib.contextmanager
+    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become MapError."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self.error(action, exc) from exc
+            raise
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise MapError(f"map {self.directory} is closed")
+        return self._conn
+
+    # ------------------------------------------------------------------ meta
+    def meta(self, key: str) -> Any:
+        rows = self.read("SELECT value FROM meta WHERE key=?", (key,))
+        return from_json(rows[0][0]) if rows else None
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def ensure_meta(self, key: str, make: Any) -> Any:
+        """Writer: the value of `key`, written first if absent (maps of earlier versions)."""
+        value = self.meta(key)
+        if value is None and self.writer:
+            value = make()
+            with self.transaction("update") as conn:
+                self.set_meta(conn, key, value)
+        return value
+
+    # ------------------------------------------------------------------ keyframes
+    def count(self) -> int:
+        return int(self.read("SELECT count(*) FROM keyframes")[0][0])
+
+    def all_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.read("SELECT id FROM keyframes ORDER BY id")], dtype=np.int64)
+
+    def ids(self, session: str) -> np.ndarray:
+        rows = self.read("SELECT id FROM keyframes WHERE session=? ORDER BY id", (session,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def max_id(self) -> int:
+        row = self.read("SELECT max(id) FROM keyframes")[0][0]
+        return int(row) if isinstance(row, int) else 0
+
+    def keyframes(self, where: str = "", params: Sequence[Any] = ()) -> list[Keyframe]:
+        rows = self.read(f"SELECT {KEYFRAME_COLUMNS} FROM keyframes {where}", params)
+        return [k for k in (keyframe_from_row(r) for r in rows) if k is not None]
+
+    def sessions_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """Session of each existing keyframe id among `ids`."""
+        out: dict[int, str] = {}
+        for part in chunks([int(i) for i in ids]):
+            for kid, session in self.read(f"SELECT id, session FROM keyframes WHERE id IN ({','.join('?' * len(part))})",
+                                          part):
+                out[int(kid)] = str(session)
+        return out
+
+    def keyframes_by_id(self, ids: Sequence[int]) -> dict[int, Keyframe]:
+        out: dict[int, Keyframe] = {}
+        for part in chunks([int(i) for i in ids]):
+            for kf in self.keyframes(f"WHERE id IN ({','.join('?' * len(part))})", part):
+                out[kf.id] = kf
+        return out
+
+    def descriptors(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Descriptors of `ids` in that order; a damaged row (wrong size) comes back as NaN."""
+        ids = [int(i) for i in ids]
+        out = np.full((len(ids), dim), np.nan, np.float32)
+        pos = {kid: j for j, kid in enumerate(ids)}
+        for part in chunks(ids):
+            for kid, blob in self.read(f"SELECT id, descriptor FROM keyframes WHERE id IN "
+                                       f"({','.join('?' * len(part))})", part):
+                if kid in pos:
+                    decode_descriptor(blob, out[pos[kid]])
+        return out
+
+    def iter_descriptors(self, dim: int, chunk: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        last = -1
+        while True:
+            rows = self.read("SELECT id, descriptor FROM keyframes WHERE id > ? ORDER BY id LIMIT ?", (last, chunk))
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], np.int64)
+            descs = np.full((len(rows), dim), np.nan, np.float32)
+            for j, (_, blob) in enumerate(rows):
+                decode_descriptor(blob, descs[j])
+            last = int(ids[-1])
+            yield ids, descs
+
+    def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
+        """The session's `n` newest keyframes, oldest first."""
+        rows = self.keyframes("WHERE session=? ORDER BY id DESC LIMIT ?", (session, int(n)))
+        return rows[::-1]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the main file (durability with durable=False)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        except sqlite3.Error as exc:
+            raise self.error("save", exc) from exc
+
+    def has_column(self, table: str, column: str) -> bool:
+        """A follower of a map made before `column` was added reads without it."""
+        try:
+            return column in {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
+
+    def blob(self, column: str, keyframe_id: int, table: str = "keyframes") -> Any:
+        try:
+            rows = self.conn.execute(f"SELECT {column} FROM {table} WHERE id=?", (int(keyframe_id),)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if table != "keyframes" and "no such table" in str(exc):
+                return None  # a map made before the table, read by a follower
+            raise self.error("read", exc) from exc
+        except sqlite3.Error as exc:
+            raise self.error("read", exc) from exc
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------------ sessions and removals
+    def sessions(self) -> list[str]:
+        return [str(r[0]) for r in self.read("SELECT id FROM sessions ORDER BY created, rowid")]
+
+    def removed_since(self, seq: int) -> tuple[int, list[int]]:
+        """Ids removed by the writer after removal number `seq`, and the newest removal number."""
+        if not self._has_removed:
+            return seq, []
+        rows = self.read("SELECT seq, id FROM removed WHERE seq > ? ORDER BY seq", (seq,))
+        return (int(rows[-1][0]) if rows else seq), [int(r[1]) for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None

@@ -1,0 +1,74 @@
+"""The `anyloc` CLI as a user runs it (real processes, real corridor images)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ..conftest import CORRIDOR, REPO, XFEAT_ONNX, require
+
+XFEAT_CFG = REPO / "config" / "encoders" / "xfeat_vlad.yaml"
+
+
+def anyloc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.realdata
+def test_build_vocab_then_encode(tmp_path):
+    require(XFEAT_ONNX)
+    vocab = tmp_path / "v.npz"
+    r = anyloc("build-vocab", "--config", str(XFEAT_CFG), "--images", str(CORRIDOR / "ref"),
+               "--clusters", "16", "--max-images", "24", "--output", str(vocab), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "vocabulary: 16 x 64 from 24 images" in r.stdout
+    assert "vocabulary features" in r.stderr  # progress bar
+    out = tmp_path / "q.npz"
+    r = anyloc("encode", "--config", str(XFEAT_CFG), "--vocabulary", str(vocab), "--images",
+               str(CORRIDOR / "query"), "--output", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    from anyloc_ros.core.fileio import load_npz
+
+    meta, arrays = load_npz(out)
+    assert arrays["descriptors"].shape == (111, 16 * 64)
+    np.testing.assert_allclose(np.linalg.norm(arrays["descriptors"], axis=1), 1.0, atol=1e-5)
+    assert meta["encoder"]["feature_dim"] == 64 and len(meta["images"]) == 111
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = anyloc("build-vocab", "--preset", "xfeat_vlad", "--images", str(empty), "--output", str(tmp_path / "v.npz"))
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+    r = anyloc("encode", "--config", str(XFEAT_CFG), "--images", str(empty), "--output", str(tmp_path / "x.npz"))
+    assert r.returncode == 2 and "vocabulary is required" in r.stderr
+    r = anyloc("encode", "--preset", "dinov2_vits14_gem", "--images", str(empty), "--output", str(tmp_path / "x.npz"))
+    assert r.returncode == 2 and "hf download" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_onnx_command_roundtrip(tmp_path):
+    """`anyloc export-onnx` on a DINOv2 config (tiny random model in a local directory)."""
+    import torch
+
+    from anyloc_ros.core.encoding.backbones import Dinov2Backbone
+    from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
+    from anyloc_ros.testing import save_random_dinov2
+
+    save_random_dinov2(tmp_path / "tiny")
+    (tmp_path / "enc.yaml").write_text("backbone: {type: dinov2, model: tiny, layer: 2, facet: value, max_side: 70}\n"
+                                       "aggregation: {type: gem}\n")
+    r = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "x.onnx"),
+               "--height", "56", "--width", "70")
+    assert r.returncode == 0, r.stderr
+    assert "layer 2 facet value" in r.stdout and (tmp_path / "x.json").is_file()
+    onnx_bb = OnnxBackbone(tmp_path / "x.onnx", output_layout="nhwc", mean=(0.485, 0.456, 0.406),
+                           std=(0.229, 0.224, 0.225), max_side=70, device="cpu")
+    ref = Dinov2Backbone(str(tmp_path / "tiny"), layer=2, facet="value", max_side=70, device="cpu",
+                         precision="float32")  # what export-onnx exports
+    img = np.random.default_rng(0).integers(0, 255, (42, 70, 3), dtype=np.uint8)
+    torch.testing.assert_close(onnx_bb.extract([img]), ref.extract([img]), atol=1e-4, rtol=1e-4)
+    bad = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "y.onnx"),
+                 "--height", "50", "--width", "70")
+    assert bad.returncode == 2 and "multiples of the patch size 14" in bad.stderr
