@@ -135,6 +135,16 @@ def test_bag_errors(bags, tmp_path):
     r = anyloc("replay", str(bags / "nocam"), "--offline", "--config", str(XFEAT_CFG), "--camera-info-topic",
                "/odom", "--output", str(tmp_path / "x"))
     assert r.returncode == 2 and "has no camera_info topic /odom" in r.stderr
+    # depth: colour images are not depth images; distortion needs the intrinsics; a depth topic must exist
+    r = anyloc("make-bag", "--images", str(TUM_DESK / "rgb"), "--depth", str(TUM_DESK / "rgb"), "--output",
+               str(tmp_path / "d1"))
+    assert r.returncode == 2 and "is not a 16-bit single-channel depth image" in r.stderr and not (tmp_path / "d1").exists()
+    r = anyloc("make-bag", "--images", str(TUM_DESK / "rgb"), "--distortion", "0.1", "0", "0", "0", "0",
+               "--output", str(tmp_path / "d2"))
+    assert r.returncode == 2 and "distortion needs --camera" in r.stderr
+    r = anyloc("replay", str(bags / "nocam"), "--offline", "--config", str(XFEAT_CFG), "--depth-topic", "/odom",
+               "--output", str(tmp_path / "x"))
+    assert r.returncode == 2 and "has no depth image topic /odom" in r.stderr
 
 
 # Replay settings for the 26 s fr1/xyz sequence: every frame may close a loop with keyframes

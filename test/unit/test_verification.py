@@ -183,3 +183,24 @@ def test_metric_edge_with_different_camera_mounts(tum_rgbd):
         errors.append(np.linalg.norm(pose_matrix(edge)[:3, 3] - truth[:3, 3]))
     print(f"mounted: {len(errors)} edges, translation error median {np.median(errors) * 100:.2f} cm")
     assert len(errors) >= 40 and np.median(errors) < 0.03
+
+
+def test_depth_on_the_query_side_only_gives_the_same_metric_pose(tum_rgbd):
+    """A keyframe stored without depth (an older map, a colour-only robot) and an RGB-D query:
+    PnP runs from the query's depths and the pose is inverted into the keyframe -> query
+    convention, as right as the other way round."""
+    import dataclasses
+
+    frames, _, feats, pairs = tum_rgbd
+    errors = []
+    for i, j in pairs[::12]:
+        v = verify(feats[j], dataclasses.replace(feats[i], depths=None))
+        if not v.verified or v.method != "pnp":  # too few matches with depth: monocular, as without any
+            continue
+        assert v.pose.scale_known
+        truth = np.linalg.inv(frames[j].pose) @ frames[i].pose
+        errors.append(np.linalg.norm(v.pose.translation - truth[:3, 3]))
+        cov = v.pose.covariance
+        assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+    print(f"query-side depth: {len(errors)} metric poses, translation error median {np.median(errors) * 100:.2f} cm")
+    assert len(errors) >= 30 and np.median(errors) < 0.02
