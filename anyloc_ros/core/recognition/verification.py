@@ -8,7 +8,8 @@ two frames carry (core/recognition/relative_pose.py for the estimators and their
 * depth on either side (RGB-D, stereo) and intrinsics on both: PnP of that side's keypoints
   lifted to 3-D against the other's -> a metric 6-DoF pose (`scale_known`), refused when it
   puts the two cameras more than `max_distance_m` apart (not a revisit) or, with depth on both
-  sides, when the depths disagree with it;
+  sides, when the depths disagree with it or too few matches have depth (both cameras measure
+  depth: metric or nothing);
 * intrinsics on both, no depth: the essential matrix (rotation, translation direction);
 * no intrinsics: the fundamental matrix (inliers only, no pose).
 
@@ -38,7 +39,7 @@ class Verification:
     inliers: int
     pose: RelativePose | None = None  # with intrinsics, when verified (or refused for its distance)
     method: str = ""  # pnp | essential | fundamental (the fit that decided)
-    reason: str = ""  # why it was refused: matches | inliers | distance | depth
+    reason: str = ""  # why it was refused: matches | inliers | distance | depth (disagrees, or too few with depth)
 
 
 def mutual_matches(a: np.ndarray, b: np.ndarray, min_cosine: float = 0.82) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +106,10 @@ def verify(query: LocalFeatures, keyframe: LocalFeatures, camera_matrix: np.ndar
                 _depth_agreement(xk[both], zk[both], zq[both], R, t, c.depth_noise_1m) < c.depth_agreement:
             return Verification(False, n, inliers, pose, "pnp", "depth")
         return Verification(True, n, inliers, pose, "pnp")
+    if keyframe.depths is not None and query.depths is not None:
+        # both cameras measure depth: a closure is metric or none (as RTAB-Map's visual links), never
+        # a monocular edge because this pair's matches fell on depth holes
+        return Verification(False, n, int(lifted.sum()), method="pnp", reason="depth")
     fit = essential_pose(xk, xq, f, c.ransac_threshold_px, c.confidence, c.noise(), min(c.min_inliers, 8))
     if fit is None:
         return Verification(False, n, 0, method="essential", reason="inliers")
