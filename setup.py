@@ -41,6 +41,7 @@ setup(
         "matplotlib",
         "rosbags>=0.10",
         "rosbags-image>=0.10",
+        "threadpoolctl>=3.1",
     ],
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/anyloc_ros"]),

@@ -14,7 +14,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "RESULTS.md"
+from anyloc_ros.core.threads import single_threaded_numpy_blas  # noqa: E402
 from anyloc_ros.testing import VIT_GIANT, VIT_LAYERS, VIT_SIZES, save_random_dinov2  # noqa: E402,F401 (re-exported)
+
+single_threaded_numpy_blas()  # as the nodes and the CLI run
 
 SHARED = Path(os.environ.get("ANYLOC_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -11,6 +11,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from ..core.errors import AnyLocError
+from ..core.threads import single_threaded_numpy_blas
 
 _LEVELS = ((logging.ERROR, "error"), (logging.WARNING, "warn"), (logging.INFO, "info"))
 
@@ -48,6 +49,7 @@ def run_node(factory: Any, args: list[str] | None = None) -> int:
     spin, shut down. Start-up errors (bad parameters, missing weights) print one clear message
     and return 1, so a launch file sees the node exit with a failure."""
 
+    single_threaded_numpy_blas()
     rclpy.init(args=args)
     nodes: list[Any] = []
     handler = None

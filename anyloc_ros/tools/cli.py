@@ -216,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         from ..core.encoding.images import set_max_image_pixels
+        from ..core.threads import single_threaded_numpy_blas
+
+        single_threaded_numpy_blas()
 
         set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)

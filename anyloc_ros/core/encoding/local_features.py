@@ -82,9 +82,8 @@ class XFeatExtractor:
     def __init__(self, model_path: str | Path, device: str = "auto", threads: int = 0, nms: int = 5,
                  min_score: float = 1e-4) -> None:
 
-        # beside a torch backbone on the same CPU cores: onnxruntime's spinning threads would slow it
         self.network = OnnxBackbone(model_path, output_name=None, device=device, threads=threads,
-                                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), spin=False)
+                                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         if self.network.keypoint_heads is None:
             raise ConfigError(f"local_features.model_path {model_path} is not an XFeat network (it needs 64-channel "
                               "descriptors plus 65-channel keypoint and 1-channel reliability heads)")

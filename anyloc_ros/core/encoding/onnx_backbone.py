@@ -43,8 +43,9 @@ class OnnxBackbone:
         mean / std: per-channel normalisation of RGB values in [0, 1].
         output_layout: "nchw" (B, D, h, w) or "nhwc" (B, h, w, D).
         device: "auto" / "cuda" use the TensorRT and CUDA providers when installed.
-        spin: onnxruntime's idle threads spin for the next run (its default: fastest alone);
-            off for a network that runs beside a torch one on the same cores.
+        spin: onnxruntime's idle threads spin for the next run (its default, fastest for
+            back-to-back runs); off here: every run is followed by torch work (VLAD, keypoints, a
+            torch backbone) on the same cores, which spinning threads slow (bench/per_frame.py).
     """
 
     kind = "onnx"
@@ -63,7 +64,7 @@ class OnnxBackbone:
         patch_size: int = 14,
         threads: int = 0,
         resize: str = "aspect",
-        spin: bool = True,
+        spin: bool = False,
     ) -> None:
 
         path = Path(model_path).expanduser()

@@ -19,8 +19,8 @@ from ..config.nodes import EncoderNodeSettings
 @dataclass
 class PatchCompressor:
     feature_dim: int
-    dim: int = 64
-    grid: int = 32
+    dim: int = EncoderNodeSettings.patch_dim  # the encoder node's defaults: one copy of them
+    grid: int = EncoderNodeSettings.patch_grid
     seed: int = 0
 
     def __post_init__(self) -> None:

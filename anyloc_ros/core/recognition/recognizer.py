@@ -8,6 +8,7 @@ their results agree; a frame goes through it, then to the Mapper, in the per-fra
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ class PlaceRecognizer:
         self.verification = verification or VerificationConfig()
         self.sequence = SequenceMatcher(sequence, db.sessions_of) if sequence is not None and sequence.enable else None
         self._query_seq = 0
+        self.timings: dict[str, float] = {}  # ms of the last query's stages: search, rerank, sequence, verification
 
     def query(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
               patches: np.ndarray | None = None, query_id: int | None = None,
@@ -55,20 +57,27 @@ class PlaceRecognizer:
             query_id = self._query_seq
         self._query_seq += 1
         q = Query(query_id, stamp_ns, self.db.session, pose, camera)
+        clock = _Stopwatch()
         excluded = self.filter.excluded_ids(q)
         matches = self.db.search(descriptor, self.config.top_k, exclude_ids=excluded or None,
                                  exclude_sessions=exclude_sessions)[0]
+        clock.lap("search")
         if self.sequence is not None:
             matches = self._sequence_matches(q, descriptor, matches, excluded, exclude_sessions)
+            clock.lap("sequence")
         elif self.config.rerank and patches is not None and matches:
             matches = rerank(patches, matches, [self.db.patches(m.keyframe_id) for m in matches],
                              self.config.rerank_min_similarity)
+            clock.lap("rerank")
+        self.timings = clock.laps
         loop = self.filter.update(q, matches)
         if loop is None:
             return RecognitionResult(q, matches)
         if self.filter.suppressed(loop):
             return RecognitionResult(q, matches, suppressed=True)
+        clock.lap("filter")
         verified, rejected = self._verify(loop, matches, local)
+        clock.lap("verification")
         if verified is None:
             return RecognitionResult(q, matches, rejected=rejected)
         self.filter.publish(verified)
@@ -167,3 +176,16 @@ class PlaceRecognizer:
         for kf in tail:
             self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
         return len(tail)
+
+
+class _Stopwatch:
+    """Milliseconds per stage of one query (what bench/per_frame.py reports)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = (now - self._t) * 1e3
+        self._t = now
