@@ -42,6 +42,7 @@ setup(
         "rosbags>=0.10",
         "rosbags-image>=0.10",
         "threadpoolctl>=3.1",
+        "xxhash>=3.0",
     ],
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/anyloc_ros"]),

@@ -23,6 +23,53 @@ def make_map(path: Path) -> np.ndarray:
     return x
 
 
+def snapshot(db) -> dict[str, dict[int, object]]:
+    """Everything a map returns per keyframe: the pristine content the damaged copies are held to."""
+    ids = db.ids().tolist()
+    return {"keyframes": {k.id: k for k in db.keyframes()},
+            "descriptors": dict(zip(ids, db.descriptors(ids), strict=True)),
+            "patches": {i: db.patches(i) for i in ids}, "thumbnail": {i: db.thumbnail(i) for i in ids},
+            "local_features": {i: db.local_features(i) for i in ids}}
+
+
+def altered(db, pristine: dict[str, dict[int, object]], queries: np.ndarray) -> list[str]:
+    """What an opened (damaged) map returned that is not the pristine content and was not
+    reported damaged (`db.damaged`): the stricter rule, nothing altered is ever returned."""
+    bad: list[str] = []
+
+    def check(kid: int, what: str, same: bool) -> None:
+        if not same and kid not in db.damaged:
+            bad.append(f"keyframe {kid}: altered {what} returned")
+
+    def equal(a: object, b: object) -> bool:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and \
+                np.array_equal(a, b, equal_nan=True)
+        if hasattr(a, "keypoints"):  # LocalFeatures
+            return hasattr(b, "keypoints") and all(equal(getattr(a, f), getattr(b, f)) for f in
+                                                   ("keypoints", "descriptors", "image_size", "camera_matrix",
+                                                    "camera_mount", "depths"))
+        return a == b
+
+    kfs = pristine["keyframes"]
+    for k in db.keyframes():
+        check(k.id, "keyframe row", k.id in kfs and k == kfs[k.id])
+    for q in queries:
+        for m in db.search(q, 5)[0]:
+            p = kfs.get(m.keyframe_id)
+            check(m.keyframe_id, "search result", p is not None and (m.session, m.stamp_ns, m.frame_id, m.pose) ==
+                  (p.session, p.stamp_ns, p.frame_id, p.pose) and
+                  abs(m.score - float(q @ pristine["descriptors"][m.keyframe_id])) < 1e-4)
+    ids = sorted(kfs)
+    for kid, d in zip(ids, db.descriptors(ids), strict=True):
+        check(kid, "descriptor", not np.isfinite(d).all() or np.array_equal(d, pristine["descriptors"][kid]))
+    for kid in ids:
+        for what in ("patches", "thumbnail", "local_features"):
+            got = getattr(db, what)(kid)
+            check(kid, what, got is None or equal(got, pristine[what][kid]))
+    return bad
+
+
 def damages(target: str, size: int) -> Iterator[tuple[str, Callable[[bytes], bytes] | None]]:
     """Every position of the file damaged, deterministically: each byte inverted (index.json) or
     each 8-byte word (the index and the database: every byte is covered in a time CI can afford;
@@ -45,7 +92,8 @@ def sweep(src: str, work: str, target: str, worker: int, workers: int) -> tuple[
 
     Returns (cases, refused with MapError, failures): a failure is any other exception, a
     MapError that does not name the damaged file, or a map that opens and then misbehaves
-    (index damage must be detected and the index rebuilt from SQLite, losing nothing)."""
+    (index damage must be detected and the index rebuilt from SQLite, losing nothing) or returns
+    content that is not the pristine map's without reporting that keyframe damaged."""
     from anyloc_ros.core.errors import MapError
     from anyloc_ros.core.map.database import PlaceDatabase
 
@@ -53,6 +101,8 @@ def sweep(src: str, work: str, target: str, worker: int, workers: int) -> tuple[
     src_dir, d = Path(src), Path(work)
     pristine = {name: (src_dir / name).read_bytes() for name in MAP_FILES}
     x = _descriptors()
+    with PlaceDatabase(src_dir, follower=True) as db:
+        content = snapshot(db)
     d.mkdir(parents=True, exist_ok=True)
     (d / "map.lock").write_bytes((src_dir / "map.lock").read_bytes())
     f = d / target
@@ -83,8 +133,7 @@ def sweep(src: str, work: str, target: str, worker: int, workers: int) -> tuple[
             continue
         try:
             ids = set(db.ids().tolist())
-            db.search(x[:3], 5)
-            db.keyframes()
+            failures += [f"{what}: {a}" for a in altered(db, content, x[:3])]
             if target != "map.sqlite":
                 lost = set(range(1, 41)) - ids
                 if lost:

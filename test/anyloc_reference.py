@@ -8,7 +8,10 @@ not with anyloc_ros code: the tests and bench/vlad.py compare the package agains
   `T.functional.resize(img, [480, 640])` (torchvision 0.14 on a tensor: bilinear, no
   antialiasing), then scripts/dino_v2_vlad.py's `T.CenterCrop((h // 14 * 14, w // 14 * 14))`.
 - value_facet: utilities.py `DinoV2ExtractFeatures`: a forward hook on block `layer`'s qkv
-  projection, CLS token dropped, the value third, L2-normalised (`norm_descs=True`).
+  projection, CLS token dropped, the value third, L2-normalised (`norm_descs=True`); the model
+  is the torch.hub one, whose position embeddings are interpolated by `hub_pos_embed`
+  (facebookresearch/dinov2 vision_transformer.py `interpolate_pos_encoding`: bicubic with scale
+  factors (patches + 0.1) / M, the "historical kludge" offset, no antialiasing).
 - hard_vlad: utilities.py `VLAD.generate` in hard mode: labels by cosine k-means `predict`,
   the full (n, K, D) residual tensor, a loop over the used clusters, intra- then L2-norm.
 - pca_whitened: utilities.py `reduce_pca` (sklearn `PCA(whiten=True)`) then `norm_descs`.
@@ -34,6 +37,26 @@ def preprocess(image: np.ndarray, size: tuple[int, int] = (480, 640), patch: int
     return x[:, top:top + h, left:left + w][None]
 
 
+def hub_pos_embed(pos_embed: torch.Tensor, h: int, w: int, patch: int) -> torch.Tensor:
+    """(1, 1 + M*M, D) -> (1, 1 + (h/p)(w/p), D): DINOv2's torch.hub `interpolate_pos_encoding`
+    for an (h, w) input (its `w0, h0` name the input's dims 2 and 3: rows, then columns)."""
+    import math
+
+    n = pos_embed.shape[1] - 1
+    w0, h0 = h // patch, w // patch
+    if w0 * h0 == n and h == w:
+        return pos_embed
+    class_pos_embed, patch_pos_embed = pos_embed[:, 0], pos_embed[:, 1:].float()
+    dim = pos_embed.shape[-1]
+    w0, h0 = w0 + 0.1, h0 + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(n)), int(math.sqrt(n)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)), mode="bicubic")
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1).to(pos_embed.dtype)
+
+
 def value_facet(model: torch.nn.Module, pixels: torch.Tensor, layer: int) -> torch.Tensor:
     """(1, 3, h, w) -> (n_patches, D) L2-normalised value-facet descriptors of a transformers DINOv2.
 
@@ -43,11 +66,16 @@ def value_facet(model: torch.nn.Module, pixels: torch.Tensor, layer: int) -> tor
     value = next(m for name, m in block.named_modules() if name.endswith(("attention.value", "v_proj")))
     out = {}
     handle = value.register_forward_hook(lambda mod, inp, output: out.setdefault("v", output))
+    emb = model.embeddings
+    patch = model.config.patch_size
+    # the hub model's position-embedding rule in place of transformers' (an instance attribute)
+    emb.interpolate_pos_encoding = lambda e, h, w: hub_pos_embed(emb.position_embeddings, h, w, patch)
     try:
         with torch.no_grad():
             model(pixel_values=pixels)
     finally:
         handle.remove()
+        del emb.interpolate_pos_encoding
     res = out["v"][:, 1:, :]  # drop CLS (use_cls=False)
     return F.normalize(res, dim=-1)[0]
 

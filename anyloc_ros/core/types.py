@@ -143,6 +143,7 @@ class MapStats:
     index_type: str
     index_trained: bool
     encoder: dict[str, Any] = field(default_factory=dict)
+    damaged: int = 0  # keyframes found damaged on disk (failed their checksum): quarantined
 
 
 @dataclass

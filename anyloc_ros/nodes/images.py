@@ -3,7 +3,7 @@
 
 Colour conversion is rosbags-image's (cv_bridge's encodings; `to_cvtype`, `convert_color`):
 on every encoding it converts, an unpadded valid message gives the identical image as its
-`message_to_cvimage` (test/test_conversions.py). Kept here only what it lacks, each shown by
+`message_to_cvimage` (test/unit/test_conversions.py). Kept here only what it lacks, each shown by
 that test: row padding (`step`; rosbags-image shears padded rows), data size and pixel-limit
 checks, refusing signed encodings, generic nC3/16-bit images, and a clear ImageError instead of
 its bare `assert` on a corrupt CompressedImage (a malformed message must never crash a node).

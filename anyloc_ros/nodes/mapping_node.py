@@ -91,6 +91,7 @@ class MappingNode(Node):
             mapper.new_session(st.session or None)
         self.encoders.map_signature = db.encoder_signature
         self.stats.values["map_size"] = str(len(db))
+        self.stats.values["damaged_keyframes"] = str(len(db.damaged))
         self.stats.values["session"] = db.session
         self.db, self.mapper = db, mapper
         self.step = FrameStep(mapper=mapper, mapping=st)
@@ -179,6 +180,7 @@ class MappingNode(Node):
         self._acknowledge(kid, frame, pose)
         self.stats.inc("keyframes_added")
         self.stats.values["map_size"] = str(len(self.db))
+        self.stats.values["damaged_keyframes"] = str(len(self.db.damaged))
         self.get_logger().debug(f"keyframe {kid} ({reason}) pose={'yes' if pose else 'no'}")
         return kid
 
@@ -235,6 +237,7 @@ class MappingNode(Node):
         res.keyframes, res.sessions, res.current_session = st.keyframes, len(st.sessions), st.current_session
         res.map_path, res.encoder_id = str(self.db.path), self.encoders.map_id
         res.descriptor_dim, res.index_type = st.dim, st.index_type
+        res.damaged_keyframes = st.damaged
         return res
 
     def close(self) -> None:

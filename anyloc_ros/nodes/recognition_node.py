@@ -147,6 +147,7 @@ class RecognitionNode(Node):
             if result.rejected.reason in ("distance", "depth"):  # metric checks: not a revisit, depth disagrees
                 self.stats.inc(f"loop_closures_refused_{result.rejected.reason}")
         self.stats.values["map_size"] = str(self.recognizer.map_size)
+        self.stats.values["damaged_keyframes"] = str(len(self.recognizer.db.damaged))
         if out.matches:
             self.stats.values["last_match_score"] = f"{out.matches[0].score:.3f}"
         self._publish(frame, out, header)

@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-commands defined in other modules (imported lazily: they may need ROS)."""
-    from . import bags, demo, eval_cli, replay
+    from . import bags, demo, eval_cli, map_cli, replay
 
-    return [eval_cli.register, bags.register, replay.register, demo.register]
+    return [eval_cli.register, bags.register, replay.register, demo.register, map_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

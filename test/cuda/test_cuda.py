@@ -8,6 +8,8 @@ path): they time and compute like trained ones, but say nothing about trained ac
 (fp16 overflow is guarded in code and tested below with a model made to overflow).
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -168,15 +170,26 @@ def test_reduce_overhead_compile_matches_eager(vit_s, frames):
     assert np.sum(got * eager.encode(frames[:1])) > 0.999
 
 
+
+def lane_skip(reason: str) -> None:
+    """On a GPU machine the CUDA lane runs whole: a missing GPU build (faiss-gpu, onnxruntime-gpu,
+    which `bash scripts/setup.sh` installs where it finds a GPU) or missing data fails, it does not
+    skip. ANYLOC_CUDA_ALLOW_SKIPS=1 allows it where they cannot be installed (a lent GPU without
+    network: ../shared/GPU.md)."""
+    if os.environ.get("ANYLOC_CUDA_ALLOW_SKIPS", "") not in ("", "0"):
+        pytest.skip(reason)
+    pytest.fail(f"{reason}: on a GPU machine the CUDA lane runs whole (bash scripts/setup.sh installs the GPU "
+                "builds; ANYLOC_CUDA_ALLOW_SKIPS=1 lets it skip)")
+
 def test_onnx_backbone_on_the_cuda_provider():
     import onnxruntime as ort
 
     from anyloc_ros.core.encoding.onnx_backbone import OnnxBackbone
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDA provider here (onnxruntime-gpu not installed)")
+        lane_skip("onnxruntime has no CUDA provider here (onnxruntime-gpu not installed)")
     if not XFEAT_ONNX.is_file():
-        pytest.skip(f"{XFEAT_ONNX} not found")
+        lane_skip(f"{XFEAT_ONNX} not found")
     gpu = OnnxBackbone(XFEAT_ONNX, output_name="output", device="cuda")
     assert gpu.providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     cpu = OnnxBackbone(XFEAT_ONNX, output_name="output", device="cpu")
@@ -192,7 +205,7 @@ def test_xfeat_local_features_beside_dinov2_on_the_gpu(vit_s, frames):
     from anyloc_ros.core.config.encoder import LocalFeatureConfig
 
     if not XFEAT_ONNX.is_file():
-        pytest.skip(f"{XFEAT_ONNX} not found")
+        lane_skip(f"{XFEAT_ONNX} not found")
     local = LocalFeatureConfig(type="xfeat", model_path=str(XFEAT_ONNX))
     vlad, pca = _parts(384)
     encoders = {d: Encoder(Dinov2Backbone(str(vit_s), layer=3, resize="anyloc", device=d, precision="float32"), vlad,
@@ -215,7 +228,7 @@ def test_faiss_gpu_index_matches_cpu(tmp_path):
     from anyloc_ros.core.map.database import PlaceDatabase
 
     if map_index.gpu_count() == 0:
-        pytest.skip("faiss sees no GPU (faiss-cpu installed)")
+        lane_skip("faiss sees no GPU (faiss-cpu installed)")
     sig = {"backbone": "test", "dim": 64}
     x = np.random.default_rng(0).normal(size=(500, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

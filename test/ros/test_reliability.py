@@ -2,6 +2,7 @@
 odometry are refused without stopping the node; a flood keeps memory and queues bounded."""
 
 import json
+import os
 import random
 import signal
 import threading
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from anyloc_ros.core.fileio import TMP_MARK
 from anyloc_ros.core.map.database import PlaceDatabase
 from anyloc_ros.core.types import EncoderSignature
 from anyloc_ros.nodes.descriptor_msg import float32_array
@@ -32,6 +34,11 @@ def descriptor_msg(i: int, dim: int = 64, sig=SIG):
     return m
 
 
+def saving(map_dir) -> bool:
+    """A save is writing: its temporary file (`.<name>.tmp-*`) is in the map directory."""
+    return any(e.name.startswith(".") and TMP_MARK in e.name for e in os.scandir(map_dir))
+
+
 def latched_signature(t: DriverNode, sig=SIG):
     from std_msgs.msg import String
 
@@ -52,6 +59,7 @@ def test_mapping_node_killed_mid_write_keeps_every_acknowledged_keyframe(tmp_pat
     rng = random.Random(7)
     acked: dict[int, int] = {}  # keyframe id -> stamp ns
     i = 0
+    killed_mid_save = False
     try:
         t.watch(Keyframe, "keyframes", 10_000)
         info = latched_signature(t)  # noqa: F841 (kept alive: latched)
@@ -65,11 +73,17 @@ def test_mapping_node_killed_mid_write_keeps_every_acknowledged_keyframe(tmp_pat
                 pub.publish(descriptor_msg(i))
                 i += 1
                 time.sleep(0.004)
-            if round_ == 1:  # kill while a save is in progress
+            if round_ == 1:  # kill while a save is in progress: seen by its temporary file in the map
                 client = t.node.create_client(SaveMap, "save_map")
                 client.wait_for_service(timeout_sec=10)
-                client.call_async(SaveMap.Request())
-                time.sleep(0.01)
+                for _ in range(50):
+                    future = client.call_async(SaveMap.Request())
+                    while not future.done() and not saving(tmp_path / "map"):
+                        pass
+                    if not future.done() and saving(tmp_path / "map"):
+                        node.proc.send_signal(signal.SIGKILL)
+                        killed_mid_save = True
+                        break
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait(30)
             for k in t.received["keyframes"]:
@@ -78,7 +92,9 @@ def test_mapping_node_killed_mid_write_keeps_every_acknowledged_keyframe(tmp_pat
                 time.sleep(0.05)
     finally:
         t.close()
+    assert killed_mid_save  # the second kill did land while a save was writing
     db = PlaceDatabase(tmp_path / "map", SIG)
+    assert not saving(tmp_path / "map")  # the interrupted save's temporary was cleaned by the writer
     kfs = {k.id: k for k in db.keyframes()}
     assert len(acked) >= 90
     assert set(acked) <= set(kfs)  # every acknowledged keyframe survived three SIGKILLs

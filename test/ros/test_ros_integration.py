@@ -72,6 +72,7 @@ def test_nodes_map_then_recognise_corridor(params, corridor_images, corridor_gt)
         time.sleep(0.5)
         info = t.call(GetMapInfo, "get_map_info", GetMapInfo.Request())
         assert info.keyframes == len(refs) and info.current_session == "corridor_map" and info.descriptor_dim == 2048
+        assert info.damaged_keyframes == 0
 
         # 2. a second traversal, as a new session; recognition matches earlier sessions only
         res = t.call(NewSession, "new_session", NewSession.Request(session_id="corridor_query"))

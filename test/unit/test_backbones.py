@@ -115,6 +115,32 @@ def test_missing_weights_says_how_to_get_them(tmp_path):
         OnnxBackbone(tmp_path / "missing.onnx")
 
 
+def test_a_hub_id_reaches_for_the_network_only_when_asked(tmp_path, monkeypatch):
+    """An offline robot is answered from its cache at once (the hub client's retries took ~25 s);
+    `backbone.download: true` asks the hub, unless HF_HUB_OFFLINE says there is none."""
+    from transformers import AutoModel
+
+    asked = []
+
+    def from_pretrained(path, local_files_only=False, **kwargs):
+        asked.append((path, local_files_only))
+        raise OSError("not cached")
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", from_pretrained)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(WeightsNotFoundError, match="not in the Hugging Face cache.*backbone.download: true"):
+        Dinov2Backbone("vits14", device="cpu", precision="float32")
+    with pytest.raises(WeightsNotFoundError, match="OSError: not cached"):
+        Dinov2Backbone("vits14", device="cpu", precision="float32", download=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError):
+        Dinov2Backbone("vits14", device="cpu", precision="float32", download=True)
+    with pytest.raises(WeightsNotFoundError):
+        Dinov2Backbone(str(tmp_path), device="cpu", precision="float32", download=True)  # a directory: no hub
+    assert asked == [("facebook/dinov2-small", True), ("facebook/dinov2-small", False),
+                     ("facebook/dinov2-small", True), (str(tmp_path), True)]
+
+
 def test_export_onnx_matches_torch_for_other_sizes(tiny_dir, tmp_path):
     bb = Dinov2Backbone(str(tiny_dir), layer=2, facet="value", max_side=98, device="cpu", precision="float32")
     path = export_dinov2_onnx(bb, tmp_path / "tiny.onnx", 42, 56)
@@ -123,3 +149,15 @@ def test_export_onnx_matches_torch_for_other_sizes(tiny_dir, tmp_path):
     assert onnx_bb.signature() == bb.signature()  # vocabularies/maps work with either path
     img = _image(60, 100, seed=3)  # dynamic input: 56 x 98 here, not the export size
     torch.testing.assert_close(onnx_bb.extract([img, img]), bb.extract([img, img]), atol=1e-4, rtol=1e-4)
+
+
+def test_export_onnx_of_the_anyloc_sizing_keeps_the_hub_position_rule(tiny_dir, tmp_path):
+    """The `anyloc` sizing resizes position embeddings as torch.hub's DINOv2 did (scale factors,
+    baked for its one input size); the exported graph gives the same features."""
+    bb = Dinov2Backbone(str(tiny_dir), layer=2, resize="anyloc", device="cpu", precision="float32")
+    path = export_dinov2_onnx(bb, tmp_path / "anyloc.onnx", 476, 630)
+    onnx_bb = OnnxBackbone(path, output_layout="nhwc", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="anyloc",
+                           patch_size=14, device="cpu")
+    assert onnx_bb.signature() == bb.signature()
+    img = _image(480, 640, seed=4)
+    torch.testing.assert_close(onnx_bb.extract([img]), bb.extract([img]), atol=1e-4, rtol=1e-4)

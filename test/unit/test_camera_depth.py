@@ -134,8 +134,11 @@ def test_keyframe_depths_are_stored_and_maps_made_before_them_still_open(tmp_pat
     d = np.ones(8, np.float32) / np.sqrt(8)
     with PlaceDatabase(tmp_path, sig, durable=False) as db:
         a = db.add(d, 1, local=_features(seed=1))
-    conn = sqlite3.connect(tmp_path / "map.sqlite")  # what a map of the previous version looks like
+    conn = sqlite3.connect(tmp_path / "map.sqlite")  # what a map made before depths (and checksums) looks like
     conn.execute("ALTER TABLE local_features DROP COLUMN depths")
+    for table, column in (("keyframes", "checksum"), ("keyframes", "blobs_checksum"), ("local_features", "checksum")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("DELETE FROM meta WHERE key='checksums'")
     conn.commit()
     conn.close()
     with PlaceDatabase(tmp_path, follower=True) as old:  # read as it is: keypoints, no depths

@@ -34,18 +34,31 @@ def test_build_vocab_then_encode(tmp_path):
     assert arrays["descriptors"].shape == (111, 16 * 64)
     np.testing.assert_allclose(np.linalg.norm(arrays["descriptors"], axis=1), 1.0, atol=1e-5)
     assert meta["encoder"]["feature_dim"] == 64 and len(meta["images"]) == 111
+    # a PCA whose components are all zero would make every image look the same: refused, one line
+    from anyloc_ros.core.encoding.projection import FORMAT
+    from anyloc_ros.core.fileio import save_npz
+
+    from .test_field_inputs import assert_one_line_error
+
+    save_npz(tmp_path / "zero_pca.npz", {"format": FORMAT}, mean=np.zeros(16 * 64, np.float32),
+             components=np.zeros((8, 16 * 64), np.float32), scale=np.ones(8, np.float32))
+    r = anyloc("encode", "--config", str(XFEAT_CFG), "--vocabulary", str(vocab), "--pca", str(tmp_path / "zero_pca.npz"),
+               "--images", str(CORRIDOR / "query"), "--output", str(tmp_path / "z.npz"), "--quiet")
+    assert_one_line_error(r, "encode", "degenerate", "8 of its 8 components")
+    assert not (tmp_path / "z.npz").exists()
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    from .test_field_inputs import assert_one_line_error
+
     empty = tmp_path / "empty"
     empty.mkdir()
     r = anyloc("build-vocab", "--preset", "xfeat_vlad", "--images", str(empty), "--output", str(tmp_path / "v.npz"))
-    assert r.returncode == 2
-    assert "error:" in r.stderr and "Traceback" not in r.stderr
+    assert_one_line_error(r, "build-vocab")
     r = anyloc("encode", "--config", str(XFEAT_CFG), "--images", str(empty), "--output", str(tmp_path / "x.npz"))
-    assert r.returncode == 2 and "vocabulary is required" in r.stderr
+    assert_one_line_error(r, "encode", "vocabulary is required")
     r = anyloc("encode", "--preset", "dinov2_vits14_gem", "--images", str(empty), "--output", str(tmp_path / "x.npz"))
-    assert r.returncode == 2 and "hf download" in r.stderr and "Traceback" not in r.stderr
+    assert_one_line_error(r, "encode", "hf download")
 
 
 def test_export_onnx_command_roundtrip(tmp_path):

@@ -155,6 +155,18 @@ def test_sessions_filters_and_removal(tmp_path):
     assert PlaceDatabase(tmp_path, SIG).search(q, 1)[0][0].keyframe_id != 26
 
 
+def test_a_durable_map_syncs_every_commit(tmp_path):
+    """"On disk once `add` returns" rests on WAL with synchronous=FULL (each commit fsynced);
+    durable=False trades it for NORMAL (synced at checkpoints: flush)."""
+    for durable, level in ((True, 2), (False, 1)):  # SQLite: 2 = FULL, 1 = NORMAL
+        with PlaceDatabase(tmp_path / str(durable), {"backbone": "t", "dim": 4}, durable=durable) as db:
+            conn = db.store.conn
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+            db.add(np.ones(4, np.float32), 1)
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == level  # not reset by a transaction
+
+
 @pytest.mark.parametrize("index_type", ["flat", "ivf"])
 def test_sigkill_while_adding_keeps_every_acknowledged_keyframe(tmp_path, index_type):
     """A real writer process killed with SIGKILL at random points (mid-add, mid-index-save).

@@ -17,9 +17,12 @@ import pytest
 
 from anyloc_ros.core.config.recognition import LoopClosureConfig
 from anyloc_ros.core.errors import MapError
+from anyloc_ros.core.geometry import Pose
 from anyloc_ros.core.map.database import PlaceDatabase
 from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
+from anyloc_ros.core.types import LocalFeatures
 
+from .._map_damage import snapshot
 from ..conftest import REPO
 
 SIG = {"backbone": "t", "model": "m", "layer": 1, "facet": "value", "aggregation": "vlad-hard-k8",
@@ -295,7 +298,7 @@ def test_new_map_appears_atomically(tmp_path, monkeypatch):
     assert seen == [False]
 
 
-def _standing_still_loops(tmp_path: Path, resume: bool) -> int:
+def _standing_still_loops(tmp_path: Path, resume: bool, exclusion: bool = True) -> int:
     """Stationary robot after a restart: a keyframe every second (no-pose interval), one query per frame."""
     x = unit(5)
     writer = PlaceDatabase(tmp_path, SIG, session="A")
@@ -304,7 +307,8 @@ def _standing_still_loops(tmp_path: Path, resume: bool) -> int:
     writer.add_many(unit(5, seed=4), [(100 + i) * 10**9 for i in range(5)])
     follower = PlaceDatabase(tmp_path, follower=True)
     # defaults: 50 keyframes / 30 s are recent; min_score so only the self-matches (score 1.0) count
-    rec = PlaceRecognizer(follower, LoopClosureConfig(min_score=0.9))
+    off = {} if exclusion else {"exclude_recent_count": 0, "exclude_recent_s": 0.0}
+    rec = PlaceRecognizer(follower, LoopClosureConfig(min_score=0.9, **off))
     writer.new_session("A" if resume else "C")
     loops = 0
     for i in range(48):
@@ -322,6 +326,8 @@ def test_resumed_session_keeps_recent_exclusion(tmp_path):
     """A robot resuming session A must not close loops with what it just added (as a new session)."""
     assert _standing_still_loops(tmp_path / "fresh", resume=False) == 0
     assert _standing_still_loops(tmp_path / "resumed", resume=True) == 0
+    # the positive control: the same robot without the recent exclusion closes loops with itself
+    assert _standing_still_loops(tmp_path / "control", resume=True, exclusion=False) > 0
 
 
 def test_restarted_recognizer_treats_the_sessions_newest_keyframes_as_recent(tmp_path):
@@ -340,8 +346,11 @@ def test_restarted_recognizer_treats_the_sessions_newest_keyframes_as_recent(tmp
     assert rec.query(x[9], 11 * 10**9).matches[0].keyframe_id == 10
 
 
-def _flip_every_byte(data: bytes, positions: range, work: Path, sig) -> dict[str, int]:
-    outcomes = {"map_error": 0, "opened": 0}
+def _flip_every_byte(data: bytes, positions: range, work: Path, sig, pristine: dict) -> dict[str, int]:
+    from .._map_damage import altered
+
+    outcomes = {"map_error": 0, "opened": 0, "damaged_reported": 0}
+    queries = np.stack([pristine["descriptors"][k] for k in sorted(pristine["descriptors"])])
     for pos in positions:
         b = bytearray(data)
         b[pos] ^= 0xFF
@@ -354,12 +363,11 @@ def _flip_every_byte(data: bytes, positions: range, work: Path, sig) -> dict[str
             assert str(work / "map.sqlite") in str(exc), f"byte {pos}: {exc}"  # names the damaged file
             outcomes["map_error"] += 1
             continue
-        try:  # whatever opened works, or says which file is damaged
-            db.search(np.ones(16, np.float32), 3)
-            db.keyframes()
-            db.patches(1)
-            db.thumbnail(1)
+        try:  # whatever opened returns the pristine content, reports the keyframe damaged, or says which file is
+            bad = altered(db, pristine, queries)
+            assert not bad, f"byte {pos}: {bad[:3]}"
             outcomes["opened"] += 1
+            outcomes["damaged_reported"] += bool(db.damaged)
         except MapError as exc:
             assert str(work) in str(exc)
             outcomes["map_error_later"] = outcomes.get("map_error_later", 0) + 1
@@ -374,18 +382,24 @@ def test_every_single_byte_damage_of_the_map_is_a_map_error_or_a_working_map(tmp
     try:
         src = tmp_path / "src"
         with PlaceDatabase(src, SIG) as db:
-            db.add_many(unit(4), [1, 2, 3, 4], thumbnails=[b"jpg"] * 4, patches=[np.ones((2, 3))] * 4)
+            db.add_many(unit(4), [1, 2, 3, 4], thumbnails=[b"jpg"] * 4, patches=[np.ones((2, 3))] * 4,
+                        poses=[Pose(i, 0.5, 0) for i in range(4)], frame_ids=["cam"] * 4,
+                        local=[LocalFeatures(np.full((3, 2), i, np.float32), np.ones((3, 4), np.float16),
+                                             np.ones(3, np.float32), (8, 8), depths=np.ones(3, np.float32))
+                               for i in range(4)])
+            pristine = snapshot(db)
         data = (src / "map.sqlite").read_bytes()
         work = Path(os.environ.get("TMPDIR_FAST", "/dev/shm" if os.path.isdir("/dev/shm") else tmp_path)) / \
             f"anyloc-damage-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(src, work)
         try:
-            follower = _flip_every_byte(data, range(len(data)), work, None)
-            writer = _flip_every_byte(data, range(4096), work, SIG)
+            follower = _flip_every_byte(data, range(len(data)), work, None, pristine)
+            writer = _flip_every_byte(data, range(4096), work, SIG, pristine)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(f"follower: {follower}, writer (page 1): {writer}")
         assert follower["map_error"] > 0 and follower["opened"] > 0
+        assert follower["damaged_reported"] > 0  # damage SQLite accepts is caught by the row checksums
     finally:
         logging.disable(logging.NOTSET)

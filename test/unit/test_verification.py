@@ -102,6 +102,11 @@ def test_corridor_wrong_candidates_are_rejected(extractor):
           f"{np.median([v.inliers for v in right]):.0f}), wrong ones {accept_wrong:.2f} (median "
           f"{np.median([v.inliers for v in wrong]):.0f}) at min_inliers {VerificationConfig().min_inliers}")
     assert accept_right >= 0.85 and accept_wrong <= 0.15
+    # the default min_inliers sits between the two populations (config/recognition.py cites these)
+    right_p10 = np.percentile([v.inliers for v in right], 10)
+    wrong_p90, wrong_max = np.percentile([v.inliers for v in wrong], 90), max(v.inliers for v in wrong)
+    print(f"inliers: right 10th percentile {right_p10:.0f}; wrong 90th percentile {wrong_p90:.0f}, max {wrong_max}")
+    assert wrong_p90 < VerificationConfig().min_inliers <= right_p10
 
 
 def test_mutual_matches_and_degenerate_input():

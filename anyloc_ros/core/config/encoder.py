@@ -95,6 +95,8 @@ class BackboneConfig:
     layer: int | None = setting(None, "DINOv2 block whose facet is taken (default: the size's)")
     facet: str = setting("value", "DINOv2 facet", choices=FACETS)
     registers: bool = setting(False, "DINOv2 with registers")
+    download: bool = setting(False, "DINOv2: fetch a hub id the Hugging Face cache lacks from the hub (off: local "
+                             "directories and the cache only, answered at once on an offline robot)")
     precision: str = setting("auto", "auto: float16 on CUDA, bfloat16 on a CPU with native bf16 (AVX512-BF16 / "
                              "AMX), else float32", choices=PRECISIONS)
     tf32: bool = setting(False, "float32 on CUDA may use TF32 tensor cores (~1e-3 relative error)")

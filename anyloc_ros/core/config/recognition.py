@@ -107,7 +107,7 @@ class VerificationConfig:
                            "(local features of the encoder); a closure that fails it is not published")
     required: bool = setting(False, "publish only verified closures: none when the encoder gives no keypoints")
     # corridor (160x120 fisheye), 512 XFeat keypoints, 1 px: inliers of true pairs 10th percentile 39,
-    # of pairs 20-90 frames apart 90th percentile 28, max 36 (test_verification.py)
+    # of pairs 20-90 frames apart 90th percentile 27, max 35 (test_verification.py computes and checks them)
     min_inliers: int = setting(36, "RANSAC inliers a verified closure needs", 8, 100000)
     min_cosine: float = setting(0.82, "keypoint descriptor similarity a mutual match needs", -1.0, 1.0)
     ransac_threshold_px: float = setting(1.0, "RANSAC inlier threshold in pixels (two-view fits without depth)",

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config.encoder import COMPILE_MODES, DINOV2_SIZES, FACETS, PRECISIONS, PREPROCESS_PLACES
@@ -177,10 +180,12 @@ class Dinov2FacetExtractor(nn.Module):
     ONNX and traces as is.
     """
 
-    def __init__(self, model: nn.Module, layer: int, facet: str) -> None:
+    def __init__(self, model: nn.Module, layer: int, facet: str, hub_positions: bool = False) -> None:
         super().__init__()
         blocks = model.encoder.layer
         self.embeddings = model.embeddings
+        if hub_positions:  # as torch.hub's DINOv2 (AnyLoc's) resized them, not transformers'
+            self.embeddings.interpolate_pos_encoding = types.MethodType(hub_interpolate_pos_encoding, self.embeddings)
         self.blocks = nn.ModuleList(list(blocks[: layer + 1]))
         self.facet = facet
         self.projection = None if facet == "token" else _find_projection(blocks[layer], facet)
@@ -199,28 +204,58 @@ class Dinov2FacetExtractor(nn.Module):
         return x.reshape(x.shape[0], h, w, x.shape[-1])
 
 
-def load_dinov2(model: str, local_files_only: bool | None = None) -> nn.Module:
+def hub_interpolate_pos_encoding(emb: nn.Module, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Position embeddings for an (height, width) input as DINOv2's torch.hub model makes them,
+    which AnyLoc ran: bicubic with scale factors (patches + 0.1) / M (the hub's offset against
+    float error), where transformers resizes to a size; at AnyLoc's 476x630 the two differ by
+    ~2% (test/anyloc_reference.py transcribes the hub's rule)."""
+    pos = emb.position_embeddings
+    n = pos.shape[1] - 1
+    ph, pw = emb.patch_embeddings.patch_size
+    # Python ints also when traced for ONNX: the `anyloc` sizing gives every image one size, so the
+    # exported graph holds that size's scale factors
+    rows, cols = int(height) // ph, int(width) // pw
+    if embeddings.shape[1] - 1 == n and height == width:
+        return pos
+    m = math.isqrt(n)
+    grid = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / m, (cols + 0.1) / m), mode="bicubic", align_corners=False)
+    grid = grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat((pos[:, :1], grid), dim=1)
+
+
+def load_dinov2(model: str, download: bool = False) -> nn.Module:
     """Load a DINOv2 / DINOv2-with-registers model from a local directory or a hub id.
 
-    A local directory is read with no network access. A hub id is looked up in the Hugging
-    Face cache (HF_HOME) first; it is downloaded only when the hub is reachable and
-    HF_HUB_OFFLINE is not set.
+    A local directory is read with no network access, and so is a hub id: from the Hugging Face
+    cache (HF_HOME), unless `download` asks for the hub (and HF_HUB_OFFLINE is not set). An
+    offline robot gets its answer at once instead of after the hub client's retries.
     """
     from transformers import AutoModel
 
     is_dir = Path(model).expanduser().is_dir()
     path = str(Path(model).expanduser()) if is_dir else model
-    if local_files_only is None:
-        local_files_only = is_dir or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    local_files_only = is_dir or not download or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a node's log and a CLI's one-line errors get no progress bars
     try:
         net = AutoModel.from_pretrained(path, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if is_dir or not local_files_only else \
+            "not in the Hugging Face cache, and the hub was not asked"
         raise WeightsNotFoundError(
-            f"DINOv2 weights {model!r} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            f"DINOv2 weights {model!r} could not be loaded ({why}). "
             "On a machine with network access run `hf download facebook/dinov2-giant --local-dir "
             "<dir>` (or the -small/-base/-large / -with-registers-* variant you configured), copy <dir> "
-            "to the robot and set backbone.model to that directory; or point HF_HOME at a cache that holds it."
+            "to the robot and set backbone.model to that directory; or point HF_HOME at a cache that holds it"
+            + ("." if local_files_only is False or is_dir else "; or set backbone.download: true to fetch it from "
+               "the hub (needs network).")
         ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if getattr(net.config, "model_type", "") not in ("dinov2", "dinov2_with_registers"):
         raise ConfigError(f"{model!r} is a {net.config.model_type!r} model, not DINOv2")
     return net.eval()
@@ -246,6 +281,8 @@ class Dinov2Backbone:
         preprocess: where images are resized and normalised: "host" (OpenCV), "device" (torch on
             the backbone's device, after a uint8 upload) or "auto" (device on CUDA, else host).
         tf32: let float32 on CUDA use TF32 tensor cores (faster, ~1e-3 relative error).
+        download: fetch a hub id missing from the Hugging Face cache (else: cache and local
+            directories only, no network).
         compile: "none", or a `torch.compile` mode ("default", "reduce-overhead" = CUDA graphs on
             CUDA, "max-autotune"): compiled on the first image of each input size (seconds to
             minutes of start-up), worth it for batch-1 latency on a GPU.
@@ -267,6 +304,7 @@ class Dinov2Backbone:
         preprocess: str = "auto",
         tf32: bool = False,
         compile: str = "none",
+        download: bool = False,
     ) -> None:
         if preprocess not in PREPROCESS_PLACES:
             raise ConfigError(f"preprocess must be one of {PREPROCESS_PLACES}, got {preprocess!r}")
@@ -277,7 +315,7 @@ class Dinov2Backbone:
         size = DINOV2_SIZES.get(model)
         if size is not None:
             model = size.hub_id_registers if registers else size.hub_id
-        net = load_dinov2(model)
+        net = load_dinov2(model, download)
         num_layers = int(net.config.num_hidden_layers)
         if layer is None:
             layer = size.default_layer if size else round(0.78 * (num_layers - 1))
@@ -293,7 +331,8 @@ class Dinov2Backbone:
         self.resize = ResizePolicy(resize, int(max_side), tuple(image_size) if image_size else None, self.patch_size)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        self.extractor = Dinov2FacetExtractor(net, self.layer, facet).to(self.device, self.dtype).eval()
+        self.extractor = Dinov2FacetExtractor(net, self.layer, facet, hub_positions=resize == "anyloc").to(
+            self.device, self.dtype).eval()
         del net  # blocks after `layer` and the final norm are never needed
         self.preprocess_on_device = preprocess == "device" or (preprocess == "auto" and self.device.type == "cuda")
         self.tf32 = bool(tf32)

@@ -46,7 +46,7 @@ def build_backbone(cfg: EncoderConfig) -> DenseBackbone:
             model=b.model, layer=b.layer, facet=b.facet, max_side=b.max_side,
             image_size=tuple(b.image_size) if b.image_size else None,
             device=b.device, precision=b.precision, registers=b.registers, resize=b.resize,
-            preprocess=b.preprocess, tf32=b.tf32, compile=b.compile,
+            preprocess=b.preprocess, tf32=b.tf32, compile=b.compile, download=b.download,
         )
     return OnnxBackbone(
         b.model_path, input_name=b.input_name, output_name=b.output_name,

@@ -100,6 +100,8 @@ class PCA:
         """Refuse a PCA fitted on other descriptors (another vocabulary, backbone or aggregation)."""
         fitted = self.metadata.get("fitted_on")
         if not isinstance(fitted, dict):
+            if "path" not in self.metadata:  # built in code, not read from a file: nothing to re-fit
+                return
             log.warning("PCA file %s does not record the descriptors it was fitted on (made by an older version); "
                         "re-fit it with `anyloc fit-pca` so mixing is detected", self.metadata.get("path", ""))
             return
@@ -134,5 +136,11 @@ class PCA:
                               f"scale {scale.shape})")
         if not all(np.isfinite(x).all() for x in (mean, comps, scale)):
             raise ConfigError(f"PCA file {path} contains NaN or inf values (damaged); re-fit it with `anyloc fit-pca`")
+        # a zero direction (or scale) sends every image to the same value there: all zero, every image looks alike
+        zero = np.flatnonzero((np.linalg.norm(comps, axis=1) < 1e-6) | (scale == 0))
+        if len(zero):
+            raise ConfigError(f"PCA file {path} is degenerate: {len(zero)} of its {comps.shape[0]} components "
+                              f"(e.g. {zero[:5].tolist()}) are zero, so they map every image to the same value; "
+                              "re-fit it with `anyloc fit-pca`")
         meta["path"] = str(path)
         return cls(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), meta)

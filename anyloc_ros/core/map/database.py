@@ -41,7 +41,7 @@ from ..types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match
 from .factory import build_index, index_config_from_dict
 from .index import MapIndex
 from .reading import MapReading
-from .rows import local_row
+from .rows import BLOB_COLUMNS, CORE_COLUMNS, LOCAL_COLUMNS, keyframe_row, local_row
 from .store import MapStore, validate_session_id
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class PlaceDatabase(MapReading):
         self.durable = durable
         self._lock = threading.RLock()
         self._store: MapStore | None = None
-        self._local_depths: bool | None = None
+        self._quarantined: set[int] = set()  # damaged keyframes taken out of search (reading.py)
         try:
             self._open(encoder_signature, create, session)
         except MapError:
@@ -193,22 +193,14 @@ class PlaceDatabase(MapReading):
         with self._lock:
             sid = validate_session_id(session) if session else (self.session or self.new_session())
             ids = list(range(self._next_id, self._next_id + n))
-            rows = []
-            for i in range(n):
-                p = poses[i]
-                pv = p.as_tuple() if p is not None else (None,) * 7
-                pa = patches[i]
-                pb = None if pa is None else np.ascontiguousarray(pa, dtype=np.float16).tobytes()
-                ps = None if pa is None else str(list(np.shape(pa)))
-                rows.append((ids[i], sid, int(stamps_ns[i]), frame_ids[i], *pv, descs[i].tobytes(), pb, ps, thumbnails[i]))
+            rows = [keyframe_row(ids[i], sid, stamps_ns[i], frame_ids[i], poses[i], descs[i], patches[i],
+                                 thumbnails[i]) for i in range(n)]
             with self.store.transaction("add keyframes to") as conn:
                 conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
                 conn.executemany(
-                    "INSERT INTO keyframes(id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw, descriptor, "
-                    "patches, patches_shape, thumbnail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                conn.executemany(
-                    "INSERT INTO local_features(id, keypoints, descriptors, dim, image_h, image_w, camera_matrix, "
-                    "camera_mount, depths) VALUES (?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO keyframes({CORE_COLUMNS}, checksum, {BLOB_COLUMNS}, blobs_checksum) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                conn.executemany(f"INSERT INTO local_features({LOCAL_COLUMNS}, checksum) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None])
                 if ids:
                     self.store.set_meta(conn, "last_id", ids[-1])

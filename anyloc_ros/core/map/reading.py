@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import FeatureDimensionError
 from ..types import Keyframe, LocalFeatures, MapStats, Match
-from .rows import LOCAL_FEATURE_COLUMNS, local_features_from_row, patches_from_row
+from .rows import local_features_from_row, patches_from_row
 
 if TYPE_CHECKING:
     from ..config.map import IndexConfig
@@ -33,7 +33,7 @@ class MapReading:
     index_config: IndexConfig
     _lock: threading.RLock
     _index: MapIndex
-    _local_depths: bool | None
+    _quarantined: set[int]
     _last_id: int
     _removed_seq: int
 
@@ -62,7 +62,8 @@ class MapReading:
         return self.store.descriptors(ids, self.dim)
 
     def patches(self, keyframe_id: int) -> np.ndarray | None:
-        row = self.store.blob("patches, patches_shape", keyframe_id)
+        row = self.store.blobs(keyframe_id)
+        self._quarantine()
         if row is None or row[0] is None:
             return None
         try:
@@ -73,10 +74,8 @@ class MapReading:
 
     def local_features(self, keyframe_id: int) -> LocalFeatures | None:
         """The keyframe's keypoints for geometric verification (None when it has none or they are damaged)."""
-        if not self._local_depths:  # maps made before keypoint depths were stored have no column (until a writer adds it)
-            self._local_depths = self.store.has_column("local_features", "depths")
-        row = self.store.blob(LOCAL_FEATURE_COLUMNS + (", depths" if self._local_depths else ""), keyframe_id,
-                              table="local_features")
+        row = self.store.local_row(keyframe_id)
+        self._quarantine()
         if row is None:
             return None
         try:
@@ -86,10 +85,27 @@ class MapReading:
             return None
 
     def get(self, keyframe_id: int) -> Keyframe:
+        """The keyframe; KeyError when the map has none with that id (or only a damaged one)."""
         kf = self.store.keyframes_by_id([keyframe_id]).get(int(keyframe_id))
+        self._quarantine()
         if kf is None:
             raise KeyError(keyframe_id)
         return kf
+
+    @property
+    def damaged(self) -> dict[int, str]:
+        """Keyframes found damaged (id -> the part that failed its checksum): quarantined."""
+        return dict(self.store.damaged)
+
+    def _quarantine(self) -> bool:
+        """Take keyframes found damaged since the last call out of search; True when there were any."""
+        new = [k for k in self.store.damaged if k not in self._quarantined]
+        if not new:
+            return False
+        self._quarantined.update(new)
+        with self._lock:
+            self._index.remove(np.asarray(new, np.int64), self.store)
+        return True
 
     def sessions_of(self, ids: Sequence[int] | np.ndarray) -> list[str]:
         """The session of each id ("" for ids not in the map), in order."""
@@ -133,8 +149,12 @@ class MapReading:
             if exclude_ids is not None:
                 excl.append(np.asarray(list(exclude_ids), np.int64))
             exclude = np.concatenate(excl) if excl else None
-            results = self._index.search(q, k, include=include, exclude=exclude, max_id=max_id)
-            return [self._matches(i_row, s_row) for i_row, s_row in results]
+            for _ in range(2):  # a result found damaged on reading is quarantined; search again once
+                results = self._index.search(q, k, include=include, exclude=exclude, max_id=max_id)
+                matches = [self._matches(i_row, s_row) for i_row, s_row in results]
+                if not self._quarantine():
+                    break
+            return matches
 
     def search_ids(self, query: np.ndarray, ids: Sequence[int]) -> list[Match]:
         """The query's similarity to the given keyframes (those that exist), in the order given."""
@@ -142,8 +162,9 @@ class MapReading:
         q = q / max(float(np.linalg.norm(q)), 1e-12)
         with self._lock:
             d = self.descriptors(list(ids))
-            scores = np.nan_to_num(d @ q, nan=-1.0)
-            return self._matches(np.asarray(ids, np.int64), scores)
+            ok = np.isfinite(d).all(axis=1)  # missing or damaged (quarantined) rows are left out
+            self._quarantine()
+            return self._matches(np.asarray(ids, np.int64)[ok], d[ok] @ q)
 
     def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
@@ -166,12 +187,14 @@ class MapReading:
             ids = np.array([k.id for k in new], np.int64)
             self._index.add_from_store(ids, self.store)
             self._last_id = int(ids[-1])
+            self._quarantine()
             return new
 
     def thumbnail(self, keyframe_id: int) -> bytes | None:
-        row = self.store.blob("thumbnail", keyframe_id)
-        return row[0] if row is not None and isinstance(row[0], bytes) else None
+        row = self.store.blobs(keyframe_id)
+        self._quarantine()
+        return row[2] if row is not None and isinstance(row[2], bytes) else None
 
     def stats(self) -> MapStats:
         return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
-                        self._index.trained, dict(self.encoder_signature))
+                        self._index.trained, dict(self.encoder_signature), len(self.store.damaged))

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import MapError
 from ..fileio import atomic_path, describe_os_error
 from .file import APPLICATION_ID, check_map_header, classify_sqlite_error
-from .rows import from_json
+from .rows import BLOB_COLUMNS, CORE_COLUMNS, KEYFRAME_COLUMNS, LOCAL_COLUMNS, from_json, row_checksum
 
 log = logging.getLogger("anyloc_ros.core.map.store")
 
@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS keyframes (
     descriptor BLOB NOT NULL,
     patches BLOB,
     patches_shape TEXT,
-    thumbnail BLOB
+    thumbnail BLOB,
+    checksum INTEGER,
+    blobs_checksum INTEGER
 );
 CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session, id);
 CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
@@ -46,13 +48,14 @@ CREATE TABLE IF NOT EXISTS local_features (
     image_w INTEGER NOT NULL,
     camera_matrix TEXT,
     camera_mount TEXT,
-    depths BLOB
+    depths BLOB,
+    checksum INTEGER
 );
 """
 # Columns added to a table after maps were made with it: (table, column, type). The writer adds
 # them on open; followers of an older map read without them.
-LATER_COLUMNS = (("local_features", "depths", "BLOB"),)
-KEYFRAME_COLUMNS = "id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw"
+LATER_COLUMNS = (("local_features", "depths", "BLOB"), ("keyframes", "checksum", "INTEGER"),
+                 ("keyframes", "blobs_checksum", "INTEGER"), ("local_features", "checksum", "INTEGER"))
 
 
 def create_map_file(file: Path, meta: dict[str, Any]) -> None:
@@ -64,7 +67,8 @@ def create_map_file(file: Path, meta: dict[str, Any]) -> None:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.executescript(SCHEMA)
                 conn.execute("BEGIN")
-                for k, v in dict(meta, format=FORMAT, map_id=uuid.uuid4().hex, created=time.time()).items():
+                for k, v in dict(meta, format=FORMAT, map_id=uuid.uuid4().hex, created=time.time(),
+                                 checksums=True).items():
                     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v)))
                 conn.execute("COMMIT")
             finally:
@@ -138,9 +142,41 @@ def connect(file: Path, directory: Path, writer: bool, durable: bool) -> tuple[s
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         if app_id == 0:
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")  # a map of an earlier version
+        row = conn.execute("SELECT value FROM meta WHERE key='checksums'").fetchone()
+        if row is None or from_json(row[0]) is not True:
+            n = add_row_checksums(conn)
+            log.info("map %s was written before row checksums: %d keyframes checksummed now (damage from before "
+                     "today cannot be told apart; from now on any change to a row is detected)", directory, n)
     except sqlite3.Error as exc:
         raise map_error("open", file, exc) from exc
     return conn, True
+
+
+def add_row_checksums(conn: sqlite3.Connection, chunk: int = 512) -> int:
+    """Writer, once per map made before row checksums: checksum every row as it is now (in
+    chunks, each its own transaction; the map records it is done last, so an interrupted run
+    starts again)."""
+    n = 0
+    for table, columns, update in (
+            ("keyframes", f"{CORE_COLUMNS}, {BLOB_COLUMNS}", "checksum=?, blobs_checksum=?"),
+            ("local_features", LOCAL_COLUMNS, "checksum=?")):
+        last = -1
+        while True:
+            rows = conn.execute(f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
+                                (last, chunk)).fetchall()
+            if not rows:
+                break
+            if table == "keyframes":
+                sums = [(row_checksum(r[:12]), row_checksum((r[0], *r[12:])), r[0]) for r in rows]
+                n += len(rows)
+            else:
+                sums = [(row_checksum(r), r[0]) for r in rows]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(f"UPDATE {table} SET {update} WHERE id=?", sums)
+            conn.execute("COMMIT")
+            last = rows[-1][0]
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checksums', 'true')")
+    return n
 
 
 def map_error(action: str, file: Path, exc: BaseException) -> MapError:

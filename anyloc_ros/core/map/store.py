@@ -18,6 +18,9 @@ Safety rules, each a fault a robot or an attacker can cause:
   half-created map;
 * keyframe ids are never reused (a high-water mark in `meta`), removals are recorded so
   followers drop them too;
+* every row carries checksums of its content (rows.py), written in the same transaction and
+  checked on every read that returns it: a row that fails is never returned, only recorded in
+  `damaged` (logged once) for the map to quarantine;
 * SQLite errors never escape raw: disk full, read-only and damage become `MapError`s that
   say what happened and what to do.
 """
@@ -41,8 +44,17 @@ from ..errors import MapError
 from ..fileio import remove_stale_temporaries
 from ..types import Keyframe
 from .file import take_writer_lock
-from .rows import chunks, decode_descriptor, from_json, keyframe_from_row
-from .schema import KEYFRAME_COLUMNS, connect, create_map_file, map_error
+from .rows import (
+    BLOB_COLUMNS,
+    CORE_COLUMNS,
+    LOCAL_COLUMNS,
+    chunks,
+    decode_descriptor,
+    from_json,
+    keyframe_from_row,
+    row_checksum,
+)
+from .schema import connect, create_map_file, map_error
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +94,14 @@ class MapStore:
                         raise MapError(f"no map at {directory} (missing {self.file})")
                     create_map_file(self.file, create_meta)
             self._conn, self._has_removed = connect(self.file, self.directory, writer, durable)
+            self._columns = {t: {r[1] for r in self.read(f"PRAGMA table_info({t})")}
+                             for t in ("keyframes", "local_features")}
+            # a follower of a map no writer has opened since row checksums came reads it unchecked
+            self.checksummed = self.meta("checksums") is True
         except BaseException:
             self.close()
             raise
+        self.damaged: dict[int, str] = {}  # keyframe id -> the part that failed its checksum
 
     def writer_active(self) -> bool:
         """True while another process (or object) holds the map's writer lock."""
@@ -167,8 +184,9 @@ class MapStore:
         return int(row) if isinstance(row, int) else 0
 
     def keyframes(self, where: str = "", params: Sequence[Any] = ()) -> list[Keyframe]:
-        rows = self.read(f"SELECT {KEYFRAME_COLUMNS} FROM keyframes {where}", params)
-        return [k for k in (keyframe_from_row(r) for r in rows) if k is not None]
+        rows = self.read(f"SELECT {CORE_COLUMNS}, {self._col('keyframes', 'checksum')} FROM keyframes {where}", params)
+        return [k for r in rows if self._intact(r[0], r[:12], r[12], "pose and descriptor")
+                and (k := keyframe_from_row(r)) is not None]
 
     def sessions_of(self, ids: Sequence[int]) -> dict[int, str]:
         """Session of each existing keyframe id among `ids`."""
@@ -187,29 +205,70 @@ class MapStore:
         return out
 
     def descriptors(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Descriptors of `ids` in that order; a damaged row (wrong size) comes back as NaN."""
+        """Descriptors of `ids` in that order; a missing or damaged row comes back as NaN."""
         ids = [int(i) for i in ids]
         out = np.full((len(ids), dim), np.nan, np.float32)
         pos = {kid: j for j, kid in enumerate(ids)}
         for part in chunks(ids):
-            for kid, blob in self.read(f"SELECT id, descriptor FROM keyframes WHERE id IN "
-                                       f"({','.join('?' * len(part))})", part):
-                if kid in pos:
-                    decode_descriptor(blob, out[pos[kid]])
+            for r in self.read(f"SELECT {CORE_COLUMNS}, {self._col('keyframes', 'checksum')} FROM keyframes "
+                               f"WHERE id IN ({','.join('?' * len(part))})", part):
+                if r[0] in pos and self._intact(r[0], r[:12], r[12], "pose and descriptor"):
+                    decode_descriptor(r[11], out[pos[r[0]]])
         return out
 
     def iter_descriptors(self, dim: int, chunk: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         last = -1
         while True:
-            rows = self.read("SELECT id, descriptor FROM keyframes WHERE id > ? ORDER BY id LIMIT ?", (last, chunk))
+            rows = self.read(f"SELECT {CORE_COLUMNS}, {self._col('keyframes', 'checksum')} FROM keyframes "
+                             "WHERE id > ? ORDER BY id LIMIT ?", (last, chunk))
             if not rows:
                 return
             ids = np.array([r[0] for r in rows], np.int64)
             descs = np.full((len(rows), dim), np.nan, np.float32)
-            for j, (_, blob) in enumerate(rows):
-                decode_descriptor(blob, descs[j])
+            for j, r in enumerate(rows):
+                if self._intact(r[0], r[:12], r[12], "pose and descriptor"):
+                    decode_descriptor(r[11], descs[j])
             last = int(ids[-1])
             yield ids, descs
+
+    def blobs(self, keyframe_id: int) -> tuple[Any, Any, Any] | None:
+        """(patches, patches_shape, thumbnail) of a keyframe; None when it is missing or damaged."""
+        rows = self.read(f"SELECT id, {BLOB_COLUMNS}, {self._col('keyframes', 'blobs_checksum')} FROM keyframes "
+                         "WHERE id=?", (int(keyframe_id),))
+        if not rows or not self._intact(rows[0][0], rows[0][:4], rows[0][4], "patches or thumbnail"):
+            return None
+        return rows[0][1:4]
+
+    def local_row(self, keyframe_id: int) -> tuple[Any, ...] | None:
+        """The keyframe's local_features row (LOCAL_COLUMNS); None when it has none or it is damaged."""
+        if "id" not in self._columns["local_features"]:
+            return None  # a map made before the table, read by a follower
+        cols = ", ".join(self._col("local_features", c.strip()) for c in LOCAL_COLUMNS.split(","))
+        rows = self.read(f"SELECT {cols}, {self._col('local_features', 'checksum')} FROM local_features WHERE id=?",
+                         (int(keyframe_id),))
+        if not rows or not self._intact(rows[0][0], rows[0][:9], rows[0][9], "local features"):
+            return None
+        return rows[0][:9]
+
+    def _col(self, table: str, column: str) -> str:
+        """The column, or NULL in a map made before it (read by a follower: the writer adds it)."""
+        return column if column in self._columns[table] else "NULL"
+
+    def _intact(self, keyframe_id: int, values: Sequence[Any], checksum: Any, part: str) -> bool:
+        if checksum is None and not self.checksummed:
+            return True  # a row of a map from before checksums, not yet upgraded by a writer
+        try:
+            if checksum == row_checksum(values):
+                return True
+        except TypeError:
+            pass
+        if not isinstance(keyframe_id, int):  # a damaged schema can make even the id unreadable
+            keyframe_id = -1
+        if keyframe_id not in self.damaged:
+            self.damaged[keyframe_id] = part
+            log.error("map %s: keyframe %s: its %s fail their checksum (damaged on disk); quarantined: never "
+                      "returned, kept in the file for inspection", self.directory, keyframe_id, part)
+        return False
 
     def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
         """The session's `n` newest keyframes, oldest first."""
@@ -222,24 +281,6 @@ class MapStore:
             self.conn.execute("PRAGMA wal_checkpoint(FULL)")
         except sqlite3.Error as exc:
             raise self.error("save", exc) from exc
-
-    def has_column(self, table: str, column: str) -> bool:
-        """A follower of a map made before `column` was added reads without it."""
-        try:
-            return column in {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-        except sqlite3.Error as exc:
-            raise self.error("read", exc) from exc
-
-    def blob(self, column: str, keyframe_id: int, table: str = "keyframes") -> Any:
-        try:
-            rows = self.conn.execute(f"SELECT {column} FROM {table} WHERE id=?", (int(keyframe_id),)).fetchall()
-        except sqlite3.OperationalError as exc:
-            if table != "keyframes" and "no such table" in str(exc):
-                return None  # a map made before the table, read by a follower
-            raise self.error("read", exc) from exc
-        except sqlite3.Error as exc:
-            raise self.error("read", exc) from exc
-        return rows[0] if rows else None
 
     # ------------------------------------------------------------------ sessions and removals
     def sessions(self) -> list[str]:
