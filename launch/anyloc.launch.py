@@ -13,6 +13,12 @@ topic; the map records each keyframe's camera (the image frame_id), keyframes ar
 camera, and place matches say which camera saw the query and each match.
 
 mode: full (map while recognising), mapping, localization (recognise against a saved map).
+
+A fleet (README "Fleet"): each robot's nodes in its namespace with its robot_id, sharing
+keyframes on the fleet topic (outside the namespaces):
+
+    ros2 launch anyloc_ros anyloc.launch.py namespace:=robot_a robot_id:=robot_a fleet:=true \
+        camera_topic:=/robot_a/camera/image_raw odom_topic:=/robot_a/odom map_path:=/data/maps/robot_a
 use_composition:=true runs the nodes in one process (anyloc_pipeline): images are not
 serialised between encoder, mapping and recognition.
 
@@ -66,6 +72,18 @@ def generate_launch_description() -> LaunchDescription:
     def node(**kw) -> Node:
         return Node(package="anyloc_ros", output="screen", respawn=respawn, respawn_delay=2.0, **kw)
 
+    namespace = LaunchConfiguration("namespace")
+
+    def fleet_overrides(context) -> dict:
+        """robot_id and fleet sharing from the launch arguments (win over the params file)."""
+        out = {}
+        robot = LaunchConfiguration("robot_id").perform(context)
+        if robot:
+            out["robot_id"] = robot
+        if LaunchConfiguration("fleet").perform(context) == "true":
+            out["fleet.enable"] = True
+        return out
+
     def separate_nodes(context):
         """Encoder (one camera), mapping and recognition as the mode asks, each its own process."""
         chosen, cams = mode.perform(context), cameras.perform(context).strip()
@@ -73,16 +91,19 @@ def generate_launch_description() -> LaunchDescription:
             return []
         given = LaunchConfiguration("map_path").perform(context)
         overrides = [{"map_path": given}] if given else []  # else the params file's, else the nodes' default
+        fleet = fleet_overrides(context)
+        ns = namespace.perform(context)
+        overrides += [fleet] if fleet else []
         nodes = []
         if not cams:
-            nodes.append(node(executable="encoder_node", name="encoder_node", parameters=[params],
+            nodes.append(node(executable="encoder_node", name="encoder_node", namespace=ns, parameters=[params],
                               remappings=camera_remaps))
         if chosen in ("full", "mapping"):
-            nodes.append(node(executable="mapping_node", name="mapping_node", parameters=[params, *overrides],
-                              remappings=[("odom", odom)]))
+            nodes.append(node(executable="mapping_node", name="mapping_node", namespace=ns,
+                              parameters=[params, *overrides], remappings=[("odom", odom)]))
         if chosen in ("full", "localization"):
-            nodes.append(node(executable="recognition_node", name="recognition_node", parameters=[params, *overrides],
-                              remappings=[("odom", odom)]))
+            nodes.append(node(executable="recognition_node", name="recognition_node", namespace=ns,
+                              parameters=[params, *overrides], remappings=[("odom", odom)]))
         return [action for n in nodes for action in (n, failure_handler(n))]
 
     def end_on_failure(event, context):
@@ -101,10 +122,11 @@ def generate_launch_description() -> LaunchDescription:
         # No `name` here: a node-name remap would rename all three nodes of the process. The
         # launch arguments go to each node of the process by name, in a file after the user's.
         map_path = LaunchConfiguration("map_path").perform(context)
+        given = ({"map_path": map_path} if map_path else {}) | fleet_overrides(context)
         sections = {"/**/anyloc_pipeline": {"mode": mode.perform(context)},
-                    **({f"/**/{n}": {"map_path": map_path} for n in ("mapping_node", "recognition_node")}
-                       if map_path else {})}
-        composed_node = node(executable="anyloc_pipeline", parameters=[params, params_file_after_the_users(sections)],
+                    **({f"/**/{n}": dict(given) for n in ("mapping_node", "recognition_node")} if given else {})}
+        composed_node = node(executable="anyloc_pipeline", namespace=namespace.perform(context),
+                             parameters=[params, params_file_after_the_users(sections)],
                              remappings=camera_remaps + [("odom", odom)])
         return [composed_node, failure_handler(composed_node)]
 
@@ -120,10 +142,13 @@ def generate_launch_description() -> LaunchDescription:
                 encoder.update(section.get("ros__parameters") or {})
         encoder_params = params_file_after_the_users({"/**/encoder_node": encoder})
         actions = []
+        ns = namespace.perform(context).strip("/")
+        base = f"/{ns}" if ns else ""
         for i, topic in enumerate(topics):
-            n = node(executable="encoder_node", name="encoder_node", namespace=f"cam{i}", parameters=[params, encoder_params],
+            n = node(executable="encoder_node", name="encoder_node", namespace=f"{base}/cam{i}",
+                     parameters=[params, encoder_params],
                      remappings=[("image", topic), ("image/compressed", topic + "/compressed"),
-                                 ("descriptors", "/descriptors"), ("encoder_info", "/encoder_info")])
+                                 ("descriptors", f"{base}/descriptors"), ("encoder_info", f"{base}/encoder_info")])
             actions += [n, failure_handler(n)]
         return actions
 
@@ -152,6 +177,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("map_path", default_value="",
                               description="map directory (wins over the params file; empty: the params file's, "
                                           "else ~/.ros/anyloc/map)"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="the robot's namespace for all nodes (a fleet: one per robot)"),
+        DeclareLaunchArgument("robot_id", default_value="",
+                              description="this robot's id (wins over the params file): in loop closures, the map "
+                                          "and, with fleet, its keyframes on the fleet topic"),
+        DeclareLaunchArgument("fleet", default_value="false", choices=["true", "false"],
+                              description="share keyframes with the fleet and take the peers' (fleet.enable; needs "
+                                          "robot_id)"),
         DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
                               description="restart a node that exits (else a failing node ends the launch)"),
         OpaqueFunction(function=separate_nodes),

@@ -115,3 +115,16 @@ def tum_rgbd():
     require(TUM_RGBD)
     frames, camera = load_tum_rgbd(TUM_RGBD)
     return frames, camera, tum_rgbd_local_features(frames, camera, require(XFEAT_ONNX)), revisit_pairs(TUM_RGBD)
+
+
+@pytest.fixture(scope="session")
+def corridor_frames(xfeat_encoder):
+    """What the encoder node publishes for each corridor image: descriptor, patches, 512 keypoints
+    (computed once per test session)."""
+    from anyloc_ros.core.encoding.images import list_images, load_image
+    from anyloc_ros.core.encoding.patches import PatchCompressor
+
+    require(CORRIDOR)
+    comp = PatchCompressor(64)
+    return {s: [xfeat_encoder.encode_frame(load_image(p), comp, keypoints=512) for p in list_images(CORRIDOR / s)]
+            for s in ("ref", "query")}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MapError
+from .errors import FeatureDimensionError, MapError
 from .geometry import Pose
 
 
@@ -64,6 +64,20 @@ class EncoderSignature(dict):
         return cls(sig)
 
 
+def unit_descriptor(d: np.ndarray, dim: int) -> np.ndarray:
+    """A global descriptor as a unit float32 vector of `dim` values, or FeatureDimensionError
+    (wrong dimension, NaN/inf, all zeros): the one check of a descriptor entering a map."""
+    d = np.asarray(d, dtype=np.float32).reshape(-1)
+    if d.shape[0] != dim:
+        raise FeatureDimensionError(f"descriptor has {d.shape[0]} dimensions, the map holds {dim}-D descriptors")
+    if not np.isfinite(d).all():
+        raise FeatureDimensionError("descriptor contains NaN or inf")
+    n = float(np.linalg.norm(d))
+    if n == 0.0:
+        raise FeatureDimensionError("descriptor is all zeros")
+    return d / n
+
+
 @dataclass
 class Keyframe:
     id: int
@@ -71,6 +85,7 @@ class Keyframe:
     stamp_ns: int
     frame_id: str = ""
     pose: Pose | None = None
+    robot_id: str = ""  # another robot's keyframe (fleet): its robot id; "" for the map's own
 
 
 @dataclass
@@ -85,6 +100,7 @@ class Match:
     pose: Pose | None = None
     rerank_score: float | None = None
     sequence_score: float | None = None  # mean similarity along the best sequence line (core/recognition/sequence.py)
+    robot_id: str = ""  # another robot's keyframe (fleet): its pose is in that robot's odometry frame
 
     @property
     def frame_score(self) -> float:
@@ -144,6 +160,29 @@ class MapStats:
     index_trained: bool
     encoder: dict[str, Any] = field(default_factory=dict)
     damaged: int = 0  # keyframes found damaged on disk (failed their checksum): quarantined
+    peer_keyframes: int = 0  # keyframes of other robots (fleet, merged maps)
+    robots: list[str] = field(default_factory=list)  # the other robots whose keyframes the map holds
+
+
+@dataclass
+class PeerKeyframe:
+    """A keyframe of another robot before it enters this map (fleet link, map merging). (robot_id,
+    map_id, keyframe_id) names it across the fleet; its pose is in the owner's odometry frame."""
+
+    robot_id: str
+    map_id: str
+    session: str  # the owner's session id
+    keyframe_id: int  # its id in the owner's map
+    stamp_ns: int
+    encoder_id: str
+    descriptor: np.ndarray | None
+    pose: Pose | None = None
+    frame_id: str = ""  # the odometry frame of the pose
+    camera: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.robot_id, self.map_id, self.keyframe_id
 
 
 @dataclass

@@ -43,22 +43,30 @@ def frame_to_msg(frame: DescriptorFrame, header: Any) -> Any:
         m.thumbnail.format = "jpeg"
         m.thumbnail.data = frame.thumbnail
     m.encode_ms = float(frame.encode_ms)
-    lf = frame.local
-    if lf is not None and len(lf.keypoints):
-        m.keypoints = float32_array(lf.keypoints)
-        m.keypoint_descriptors = float32_array(lf.descriptors)
-        m.keypoint_dim = int(lf.descriptors.shape[1])
-        m.image_height, m.image_width = (int(v) for v in lf.image_size)
-        if lf.camera_matrix is not None:
-            m.camera_matrix = [float(v) for v in np.asarray(lf.camera_matrix).ravel()]
-        if lf.camera_mount is not None:
-            m.camera_mount = pose_to_msg(lf.camera_mount, type(m.camera_mount))
-        if lf.depths is not None:
-            m.keypoint_depths = float32_array(lf.depths)
+    if frame.local is not None:
+        local_features_to_msg(frame.local, m)
     return m
 
 
-def _local_from_msg(msg: Any) -> LocalFeatures | None:
+def local_features_to_msg(lf: LocalFeatures, m: Any) -> None:
+    """Fill the local-feature fields (PlaceDescriptor, FleetFeatures: the same names)."""
+    if not len(lf.keypoints):
+        return
+    m.keypoints = float32_array(lf.keypoints)
+    m.keypoint_descriptors = float32_array(lf.descriptors)
+    m.keypoint_dim = int(lf.descriptors.shape[1])
+    m.image_height, m.image_width = (int(v) for v in lf.image_size)
+    if lf.camera_matrix is not None:
+        m.camera_matrix = [float(v) for v in np.asarray(lf.camera_matrix).ravel()]
+    if lf.camera_mount is not None:
+        m.camera_mount = pose_to_msg(lf.camera_mount, type(m.camera_mount))
+    if lf.depths is not None:
+        m.keypoint_depths = float32_array(lf.depths)
+
+
+def local_features_from_msg(msg: Any) -> LocalFeatures | None:
+    """The local-feature fields of a PlaceDescriptor or FleetFeatures message (None when it has
+    none); ValueError naming what is malformed."""
     if not len(msg.keypoints) or not msg.keypoint_dim:
         return None
     kp = _as_float32(msg.keypoints)
@@ -102,7 +110,7 @@ def frame_from_msg(msg: Any) -> DescriptorFrame:
         patches = flat.reshape(-1, int(msg.patch_dim))
     thumb = bytes(msg.thumbnail.data) if len(msg.thumbnail.data) else None
     return DescriptorFrame(stamp_to_ns(msg.header.stamp), msg.header.frame_id, int(msg.seq), d, msg.encoder_id,
-                           patches, thumb, float(msg.encode_ms), _local_from_msg(msg))
+                           patches, thumb, float(msg.encode_ms), local_features_from_msg(msg))
 
 
 class EncoderGate:

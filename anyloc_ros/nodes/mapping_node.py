@@ -7,7 +7,9 @@ same node fed in-process.) The keyframe gate decides which frames become keyfram
 durable in the map once added. A new map records the encoder signature that the encoder
 node publishes on `encoder_info` (latched), so no second copy of the model is loaded here.
 
-Each keyframe is acknowledged on `keyframes` (anyloc_ros/Keyframe) once it is durable.
+Each keyframe is acknowledged on `keyframes` (anyloc_ros/Keyframe) once it is durable. With
+`fleet.enable` it is also shared on the fleet topic, and the peers' keyframes are stored in the map
+as their sessions (nodes/fleet.py).
 Services: `save_map` (anyloc_ros/SaveMap), `new_session` (NewSession), `get_map_info`
 (GetMapInfo).
 """
@@ -26,7 +28,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from ..core.config.map import IndexConfig
-from ..core.config.nodes import MappingSettings, MapSettings, PoseSettings
+from ..core.config.nodes import FleetSettings, MappingSettings, MapSettings, PoseSettings
 from ..core.config.recognition import KeyframeGateConfig
 from ..core.errors import AnyLocError, MapError
 from ..core.map.database import PlaceDatabase
@@ -48,8 +50,6 @@ class MappingNode(Node):
     def __init__(self, name: str = "mapping_node", encoder_signature: dict[str, Any] | None = None,
                  subscribe_descriptors: bool = True, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-
-
         self.params = params = declare(self, "mapping_node")  # kept: what the node runs with, for tools and tests
         self.map_settings = params.get(MapSettings)
         self.map_path = validate_map_path(name, self.map_settings.map_path)
@@ -57,6 +57,8 @@ class MappingNode(Node):
         self.index_config = params.get(IndexConfig)
         self.gate_config = params.get(KeyframeGateConfig)
         pose_settings = params.get(PoseSettings)
+        self.fleet_settings = params.get(FleetSettings)
+        self.fleet: Any = None  # nodes/fleet.FleetMapLink with fleet.enable
         self.stats = RateStats()
         self.db: PlaceDatabase | None = None
         self.mapper: Mapper | None = None
@@ -95,6 +97,13 @@ class MappingNode(Node):
         self.stats.values["session"] = db.session
         self.db, self.mapper = db, mapper
         self.step = FrameStep(mapper=mapper, mapping=st)
+        fs = self.fleet_settings
+        if fs.robot_id:
+            db.set_robot_id(fs.robot_id)  # `anyloc map merge` names this map's keyframes by it
+        if fs.enable:
+            from .fleet import FleetMapLink
+
+            self.fleet = FleetMapLink(self, db, fs, self.encoders, self.stats, lambda: self.poses.frame_id)
         self.get_logger().info(
             f"mapping into {db.path} ({len(db)} keyframes, session {db.session}, index {db.index_config.type}, "
             f"pose source {self.poses.source}, encoder {self.encoders.map_id})")
@@ -190,8 +199,8 @@ class MappingNode(Node):
             self.get_logger().warn(self.mapper.last_clock_jump)
 
     def _acknowledge(self, kid: int, frame: DescriptorFrame, pose: Any) -> None:
-
-
+        if self.fleet is not None:
+            self.fleet.keyframe_added(kid)
         msg = Keyframe(id=int(kid), session=self.db.session, camera=frame.frame_id, pose=pose_to_msg(pose, PoseMsg),
                        pose_valid=pose is not None)
         msg.header.stamp = ns_to_stamp(frame.stamp_ns, Time)
@@ -238,6 +247,7 @@ class MappingNode(Node):
         res.map_path, res.encoder_id = str(self.db.path), self.encoders.map_id
         res.descriptor_dim, res.index_type = st.dim, st.index_type
         res.damaged_keyframes = st.damaged
+        res.map_id, res.peer_keyframes, res.robots = self.db.map_id, st.peer_keyframes, st.robots
         return res
 
     def close(self) -> None:

@@ -14,6 +14,10 @@ revisited neighbourhood. Publishes:
   pose and its covariance, metric with depth, orientation only without; the rule is the per-frame
   step's, core/recognition/step.py), `loop_closure_markers` (visualization_msgs/MarkerArray) and
   `match_image` (sensor_msgs/Image: query | best match thumbnails side by side).
+
+With `fleet.enable`, a confirmed candidate on another robot's keyframes waits for their local
+features, asked of their owner (nodes/fleet.py), and is published as an inter-robot closure
+(`match_robot_id`) once verified.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.config.map import IndexConfig
-from ..core.config.nodes import MapSettings, PoseSettings, RecognitionSettings
+from ..core.config.nodes import FleetSettings, MapSettings, PoseSettings, RecognitionSettings
 from ..core.config.recognition import LoopClosureConfig, SequenceConfig, VerificationConfig
 from ..core.encoding.images import decode_image_bytes
 from ..core.errors import AnyLocError
@@ -62,6 +66,7 @@ class RecognitionNode(Node):
         self.loop_config = params.get(LoopClosureConfig)
         self.sequence_config = params.get(SequenceConfig)
         self.verification_config = params.get(VerificationConfig)
+        self.fleet_settings = params.get(FleetSettings)
         self.map_id = ""
         self.stats = RateStats()
         self.recognizer: PlaceRecognizer | None = None
@@ -81,6 +86,11 @@ class RecognitionNode(Node):
             # the encoders' signatures: descriptors of one the map accepts under another id are taken
             self.create_subscription(String, "encoder_info", lambda m: self.encoders.learn(m.data), latched_qos())
         self._last_seq: dict[str, int] = {}
+        self.fleet: Any = None  # nodes/fleet.FleetRecognitionLink with fleet.enable
+        if self.fleet_settings.enable:
+            from .fleet import FleetRecognitionLink
+
+            self.fleet = FleetRecognitionLink(self, self.fleet_settings, self.stats)
         self.diagnostics = Diagnostics(self, "recognition", self.stats)
         if not self._try_open():
             self.get_logger().info(f"waiting for a map at {self.map_path}")
@@ -100,7 +110,8 @@ class RecognitionNode(Node):
             log_error(self, f"cannot open map: {exc}")
             self.diagnostics.set_status(2, f"cannot open map: {exc}")
             return False
-        self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config, self.verification_config)
+        self.recognizer = PlaceRecognizer(db, self.loop_config, self.sequence_config, self.verification_config,
+                                          peer_features=self.fleet.features if self.fleet is not None else None)
         self.step = FrameStep(self.recognizer, recognition=self.settings)
         self.map_id = str(db.store.meta("map_id") or "")
         self.recognizer.prime_from_map()  # restarted mid-session: what was just mapped is still recent
@@ -150,8 +161,28 @@ class RecognitionNode(Node):
         self.stats.values["damaged_keyframes"] = str(len(self.recognizer.db.damaged))
         if out.matches:
             self.stats.values["last_match_score"] = f"{out.matches[0].score:.3f}"
+        if result.awaiting and self.fleet is not None:  # another robot's place: ask its owner for keypoints
+            self.fleet.ask(self.recognizer.db, result, frame, header)
         self._publish(frame, out, header)
         return out
+
+    def database(self) -> PlaceDatabase | None:
+        return self.recognizer.db if self.recognizer is not None else None
+
+    def finish_waiting(self, result: Any, frame: DescriptorFrame, header: Any, waited_s: float) -> None:
+        """A candidate on another robot's keyframes, now that their owner's local features are here."""
+        try:
+            out = self.step.finish(result, frame.local)
+        except Exception as exc:  # never let one answer stop the node
+            self.stats.inc("frames_failed")
+            log_error(self, f"fleet candidate failed: {type(exc).__name__}: {exc}")
+            return
+        if out.loop is None:
+            self.stats.inc("loop_closures_rejected" if out.recognition.rejected is not None
+                           else "loop_closures_suppressed")
+            return
+        self.stats.values["fleet_feature_wait_ms"] = f"{waited_s * 1e3:.1f}"
+        self._publish_loop(frame, out, self._header(frame))
 
     # ---- outputs
     def _header(self, frame: DescriptorFrame) -> Header:
@@ -174,19 +205,8 @@ class RecognitionNode(Node):
         m.keyframe_cameras = [x.frame_id for x in matches]
         m.encode_latency_ms = float(frame.encode_ms)
         self.match_pub.publish(m)
-        lc = out.loop
-        if lc is not None:
-            msg = self._loop_closure_msg(frame, out, h)
-            self.loop_pub.publish(msg)
-            self.stats.inc("loop_closures")
-            v, q = lc.verification, out.recognition.query
-            self.get_logger().info(
-                f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id} (score {lc.match.score:.3f}, "
-                f"{lc.consistent} consistent, " + (f"verified: {v.inliers} inliers" if v is not None else "unverified")
-                + (f", relative pose ({'metric' if msg.scale_known else 'up to scale'})"
-                   if msg.relative_pose_valid else "") + ")")
-            if self.marker_pub is not None and q.pose is not None and lc.match.pose is not None:
-                self._publish_markers(h, q.pose, lc.match.pose)
+        if out.loop is not None:
+            self._publish_loop(frame, out, h)
         if self.reloc_pub is not None and out.relocalization is not None:
             pose, cov = out.relocalization
             hint = PoseWithCovarianceStamped(header=h)
@@ -196,13 +216,36 @@ class RecognitionNode(Node):
         if self.image_pub is not None and matches and frame.thumbnail:
             self._publish_debug_image(frame, matches[0], header)
 
+    def _publish_loop(self, frame: DescriptorFrame, out: StepResult, h: Header) -> None:
+        lc = out.loop
+        msg = self._loop_closure_msg(frame, out, h)
+        self.loop_pub.publish(msg)
+        self.stats.inc("loop_closures")
+        if msg.match_robot_id:
+            self.stats.inc("loop_closures_inter_robot")
+        v, q = lc.verification, out.recognition.query
+        self.get_logger().info(
+            f"loop closure: query {q.id} -> keyframe {lc.match.keyframe_id}"
+            + (f" (robot {msg.match_robot_id}'s {msg.match_id})" if msg.match_robot_id else "")
+            + f" (score {lc.match.score:.3f}, {lc.consistent} consistent, "
+            + (f"verified: {v.inliers} inliers" if v is not None else "unverified")
+            + (f", relative pose ({'metric' if msg.scale_known else 'up to scale'})"
+               if msg.relative_pose_valid else "") + ")")
+        # another robot's keyframe pose is in its own odometry frame: no marker between the two
+        if self.marker_pub is not None and q.pose is not None and lc.match.pose is not None and not msg.match_robot_id:
+            self._publish_markers(h, q.pose, lc.match.pose)
+
     def _loop_closure_msg(self, frame: DescriptorFrame, out: StepResult, h: Header) -> LoopClosure:
         lc, q = out.loop, out.recognition.query
-        msg = LoopClosure(header=h, robot_id=self.settings.robot_id, map_id=self.map_id, query_id=int(q.id),
+        msg = LoopClosure(header=h, robot_id=self.fleet_settings.robot_id, map_id=self.map_id, query_id=int(q.id),
                           query_stamp=h.stamp, query_session=q.session, match_id=int(lc.match.keyframe_id),
                           match_stamp=ns_to_stamp(lc.match.stamp_ns, Time), match_session=lc.match.session,
                           score=float(lc.match.score), query_camera=frame.frame_id, match_camera=lc.match.frame_id,
                           consistent_matches=int(lc.consistent))
+        origin = self.recognizer.db.origin(lc.match.keyframe_id) if lc.match.robot_id else None
+        if origin is not None:  # another robot's keyframe: named as its owner names it
+            msg.match_robot_id, msg.match_map_id, msg.match_id = origin[0], origin[1], int(origin[2])
+            msg.match_session = lc.match.session.removeprefix(origin[0] + ":")
         msg.query_pose_valid = q.pose is not None
         msg.query_pose = pose_to_msg(q.pose, PoseMsg)
         msg.match_pose_valid = lc.match.pose is not None

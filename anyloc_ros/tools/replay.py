@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.config.nodes import check_robot_id
 from ..core.errors import AnyLocError
 from .bags import CAMERA_INFO_TYPE, DEPTH_TYPE, IMAGE_TYPES, BagError, BagMessage, bag_poses, read_bag
-from .replay_dds import replay_dds
+from .replay_dds import replay_dds, replay_fleet_dds
 from .replay_records import FrameResult, ReplayResult, closure_record
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,12 @@ class DepthPairing:
         return depth
 
 
-def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool
-                   ) -> ReplayResult:
+def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path, localization: bool,
+                   peer_maps: dict[str, Path] | None = None) -> ReplayResult:
     """The nodes' logic without DDS, built from the nodes' parameters in `params_file`:
-    encode -> recognise (query first) -> Mapper (keyframe gate, add)."""
+    encode -> recognise (query first) -> Mapper (keyframe gate, add). `peer_maps` (robot id ->
+    map): other robots' keyframes as the fleet link delivers them (taken before the first frame,
+    their local features answered at once)."""
     from ..core.camera import CameraModel
     from ..core.config.encoder import EncoderSelection
     from ..core.config.map import IndexConfig
@@ -70,6 +73,7 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         CameraSettings,
         DepthSettings,
         EncoderNodeSettings,
+        FleetSettings,
         MappingSettings,
         RecognitionSettings,
     )
@@ -100,8 +104,9 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         mapper = Mapper(db, map_p.get(KeyframeGateConfig))
         if mapping.new_session_on_start or mapping.session:
             mapper.new_session(mapping.session or None)
+    peers = _take_peer_keyframes(db, peer_maps or {}, map_p.get(FleetSettings).descriptor_format)
     recognizer = PlaceRecognizer(db, rec_p.get(LoopClosureConfig), rec_p.get(SequenceConfig),
-                                 rec_p.get(VerificationConfig))
+                                 rec_p.get(VerificationConfig), peer_features=peers.local_features)
     step = FrameStep(recognizer, mapper, rec_p.get(RecognitionSettings), mapping)
     compressor = PatchCompressor.of(enc_settings, encoder.backbone.feature_dim)
     camera = enc_p.get(CameraSettings)  # intrinsics: the parameters', else the bag's latest camera_info
@@ -131,18 +136,52 @@ def replay_offline(messages: list[BagMessage], params_file: Path, map_path: Path
         frame = DescriptorFrame(stamp, m.msg.header.frame_id, len(result.frames), enc.descriptor, patches=enc.patches,
                                 local=enc.local)
         out = step(frame, poses.at(stamp))
+        if out.recognition is not None and out.recognition.awaiting:  # (with peers: never, they answer at once)
+            done = step.finish(out.recognition, frame.local)
+            out.recognition, out.edge, out.relocalization = done.recognition, done.edge, done.relocalization
         closure = None
         if out.loop is not None:
             v = out.loop.verification
-            closure = closure_record(stamp, out.loop.match.keyframe_id, out.loop.match.stamp_ns,
-                                     v is not None and v.verified, v.inliers if v is not None else 0, out.edge,
-                                     out.scale_known)
+            origin = db.origin(out.loop.match.keyframe_id) if out.loop.match.robot_id else None
+            closure = closure_record(stamp, origin[2] if origin else out.loop.match.keyframe_id,
+                                     out.loop.match.stamp_ns, v is not None and v.verified,
+                                     v.inliers if v is not None else 0, out.edge, out.scale_known,
+                                     origin[0] if origin else "")
         result.frames.append(FrameResult(
             stamp, [x.keyframe_id for x in out.matches], [float(x.frame_score) for x in out.matches],
             out.loop.match.keyframe_id if out.loop else None, (time.perf_counter() - t0) * 1e3,
             out.edge is not None, closure))
     db.close()
+    peers.close()
     return result
+
+
+class _PeerMaps:
+    """Other robots' saved maps, answering for their keyframes' local features (by origin)."""
+
+    def __init__(self, db: Any, maps: dict[str, Any]) -> None:
+        self.db, self.maps = db, maps  # (robot id, map id) -> PlaceDatabase
+
+    def local_features(self, keyframe_id: int) -> Any:
+        origin = self.db.origin(keyframe_id)
+        src = self.maps.get(origin[:2]) if origin is not None else None
+        return src.local_features(origin[2]) if src is not None else None
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+
+def _take_peer_keyframes(db: Any, peer_maps: dict[str, Path], fmt: str) -> _PeerMaps:
+    from ..core.fleet.wire import keyframes_as_sent
+    from ..core.map.database import PlaceDatabase
+
+    opened = {}
+    for robot, path in peer_maps.items():
+        src = PlaceDatabase(path, follower=True)
+        opened[(robot, src.map_id)] = src
+        db.add_peer_keyframes(keyframes_as_sent(src, robot, fmt))
+    return _PeerMaps(db, opened)
 
 
 def register(sub: Any) -> None:
@@ -165,6 +204,10 @@ def register(sub: Any) -> None:
                    "(timestamp tx ty tz qx qy qz qw of the robot base) or 'odom' (the bag's odometry is ground truth)")
     p.add_argument("--loop-radius", type=float, default=0.5, help="true loop: poses within this distance (m)")
     p.add_argument("--loop-min-gap", type=float, default=10.0, help="... and at least this far apart in time (s)")
+    p.add_argument("--peer-bag", help="a second robot's bag: two bags as two robots of a fleet (README \"Fleet\"): the "
+                   "peer maps its bag first, then this robot replays its own, taking the peer's keyframes as the fleet "
+                   "link does (offline: the same core objects; DDS: each robot's nodes in its namespace)")
+    p.add_argument("--robot-ids", default="robot_a,robot_b", help="with --peer-bag: the peer's and this robot's ids")
     p.add_argument("--output", default="results/replay")
     p.set_defaults(func=_cmd_replay)
 
@@ -191,9 +234,11 @@ def write_replay_params(args: Any, out: Path, depth: bool = False) -> Path:
         enc["local_features_model"] = str(Path(sel.local_features_model).resolve())
     if depth and "depth.enable" not in user.get("encoder_node", {}) and "depth.enable" not in user.get("/**", {}):
         enc["depth.enable"] = True
+    # `/**/<node>`: the nodes' sections also in a robot's namespace (--peer-bag)
     sections = {"/**": {"pose_source": "odom", **user.get("/**", {})},
-                "encoder_node": {**user.get("encoder_node", {}), **enc},
-                "mapping_node": user.get("mapping_node", {}), "recognition_node": user.get("recognition_node", {})}
+                "/**/encoder_node": {**user.get("encoder_node", {}), **enc},
+                "/**/mapping_node": user.get("mapping_node", {}),
+                "/**/recognition_node": user.get("recognition_node", {})}
     return write_params(out / "replay_params.yaml", sections)
 
 
@@ -214,14 +259,37 @@ def _cmd_replay(args: Any) -> int:
     if not any(m.msgtype in IMAGE_TYPES for m in messages):
         raise BagError(f"bag {bag} has no image messages to replay (its image topic is empty)")
     params = write_replay_params(args, out, depth=any(m.msgtype == DEPTH_TYPE for m in messages))
-    truth = _ground_truth(args.ground_truth, messages) if args.ground_truth else None  # fails before the run
+    peer_messages, robots = [], ("", "")
+    if args.peer_bag:
+        if localization:
+            raise AnyLocError("--peer-bag replays two robots that map: not with --map")
+        robots = tuple(r.strip() for r in args.robot_ids.split(","))
+        if len(robots) != 2 or robots[0] == robots[1]:
+            raise AnyLocError(f"--robot-ids needs two different ids, got {args.robot_ids!r}")
+        for r in robots:
+            check_robot_id(r, "--robot-ids entry")
+        peer_messages = list(read_bag(Path(args.peer_bag), args.image_topic, args.odom_topic, args.camera_info_topic,
+                                      args.depth_topic))
+        messages_all = messages + peer_messages  # ground truth over both robots' stamps
+    else:
+        messages_all = messages
+    truth = _ground_truth(args.ground_truth, messages_all) if args.ground_truth else None  # fails before the run
+    peer_map = out / f"peer_map_{'offline' if args.offline else 'dds'}"
+    if args.peer_bag and peer_map.exists():
+        shutil.rmtree(peer_map)
     if args.offline:
-        result = replay_offline(messages, params, map_path, localization)
+        if args.peer_bag:
+            replay_offline(peer_messages, params, peer_map, False)
+        result = replay_offline(messages, params, map_path, localization,
+                                {robots[0]: peer_map} if args.peer_bag else None)
     else:
         from .ros_driver import isolated_dds_env
 
         isolated_dds_env()
-        result = replay_dds(messages, params, map_path, localization, args.rate, out)
+        if args.peer_bag:
+            result = replay_fleet_dds(peer_messages, messages, params, peer_map, map_path, robots, args.rate, out)
+        else:
+            result = replay_dds(messages, params, map_path, localization, args.rate, out)
     from ..core.map.database import PlaceDatabase
     from ..eval.loops import loop_closure_pr
     from ..eval.poses import score_closures
@@ -238,6 +306,9 @@ def _cmd_replay(args: Any) -> int:
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
     closures = [f.closure for f in result.frames if f.closure is not None]
     summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
+               **({"peer_bag": args.peer_bag, "robot_ids": list(robots),
+                   "inter_robot_closures": sum(1 for f in result.frames if f.closure and f.closure["match_robot_id"])}
+                  if args.peer_bag else {}),
                "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
                "loop_closures_with_relative_pose": sum(1 for f in result.frames if f.loop_relative_pose),
                "loop_closures_metric": sum(1 for c in closures if c["scale_known"]),
@@ -257,7 +328,8 @@ def _cmd_replay(args: Any) -> int:
           + (f"; against the ground truth: translation {errors['translation_error_m_median'] * 100:.1f} cm, rotation "
              f"{errors['rotation_error_deg_median']:.2f} deg median, {errors['inside_95_ellipsoid']:.2f} inside the 95% "
              "ellipsoid" if errors.get("closures_scored") and errors.get("translation_error_m_median") is not None
-             else "") + f"; map {map_path}; results {out / f'replay_{result.mode}.json'}")
+             else "") + (f"; {summary['inter_robot_closures']} of them to {robots[0]}'s keyframes" if args.peer_bag
+                          else "") + f"; map {map_path}; results {out / f'replay_{result.mode}.json'}")
     return 0
 
 

@@ -23,10 +23,11 @@ class FrameResult:
 
 
 def closure_record(query_stamp_ns: int, match_id: int, match_stamp_ns: int, verified: bool, inliers: int,
-                   edge: tuple[Any, np.ndarray] | None, scale_known: bool) -> dict[str, Any]:
+                   edge: tuple[Any, np.ndarray] | None, scale_known: bool, match_robot_id: str = "") -> dict[str, Any]:
     """A published loop closure as replay's JSON lists it (the same fields from the core result
-    offline and from the LoopClosure message over DDS)."""
-    rec: dict[str, Any] = {"query_stamp_ns": int(query_stamp_ns), "match_id": int(match_id),
+    offline and from the LoopClosure message over DDS). Another robot's keyframe is named as its
+    owner names it (match_robot_id, its id there)."""
+    rec: dict[str, Any] = {"query_stamp_ns": int(query_stamp_ns), "match_id": int(match_id), "match_robot_id": match_robot_id,
                            "match_stamp_ns": int(match_stamp_ns), "verified": bool(verified), "inliers": int(inliers),
                            "scale_known": bool(scale_known), "relative_pose": None, "covariance": None}
     if edge is not None:

@@ -21,6 +21,8 @@ PLANTED = {
     "the map never imports encoding, recognition, torch or OpenCV": ("core/map/rows.py", "import cv2"),
     "recognition does not encode (no encoding room, no torch network stack)": ("core/recognition/edges.py",
                                                                                "import onnxruntime"),
+    "fleet: no encoding, recognition, torch or OpenCV": (
+        "core/fleet/outbox.py", "import torch"),
     "configuration loads no room and no heavy library": ("core/config/settings.py", "import torch"),
     "the shared core records import no room": ("core/pose_buffer.py", "import anyloc_ros.core.config.settings"),
     "no import cycles inside a layer or a room": ("nodes/qos.py", "import anyloc_ros.nodes.diagnostics"),

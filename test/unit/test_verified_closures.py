@@ -9,7 +9,6 @@ import pytest
 from anyloc_ros.core.config.nodes import RecognitionSettings
 from anyloc_ros.core.config.recognition import KeyframeGateConfig, LoopClosureConfig, SequenceConfig, VerificationConfig
 from anyloc_ros.core.encoding.images import list_images, load_image
-from anyloc_ros.core.encoding.patches import PatchCompressor
 from anyloc_ros.core.geometry import Pose, pose_matrix, rotation_matrix
 from anyloc_ros.core.map.database import PlaceDatabase
 from anyloc_ros.core.recognition.mapping import Mapper
@@ -17,20 +16,11 @@ from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
 from anyloc_ros.core.recognition.step import FrameStep
 from anyloc_ros.core.types import DescriptorFrame, LocalFeatures
 
-from ..conftest import CORRIDOR, TUM_DESK, require
+from ..conftest import TUM_DESK, require
 
 pytestmark = pytest.mark.realdata
 S = 10**9
 TUM_K = np.array([[520.9, 0.0, 325.1], [0.0, 521.0, 249.7], [0.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def corridor_frames(xfeat_encoder):
-    """What the encoder node publishes for each corridor image: descriptor, patches, 512 keypoints."""
-    require(CORRIDOR)
-    comp = PatchCompressor(64)
-    return {s: [xfeat_encoder.encode_frame(load_image(p), comp, keypoints=512) for p in list_images(CORRIDOR / s)]
-            for s in ("ref", "query")}
 
 
 def two_traversals(tmp_path, frames, loop: LoopClosureConfig, sequence: bool = True,

@@ -4,6 +4,7 @@ mode. config/params.py says which node declares which group."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -151,7 +152,6 @@ class RecognitionSettings:
                                     "matches stay current", 1, 1000)
     exclude_current_session: bool = setting(False, "only match keyframes of earlier sessions (traversals) than "
                                             "the one being mapped")
-    robot_id: str = setting("", "robot (or map) id carried in loop closures, for multi-robot back-ends")
     publish_relocalization: bool = setting(True, "publish a pose hint on relocalization_pose for published loop "
                                                  "closures (verified: the keyframe's pose composed with the relative "
                                                  "pose and its covariance; metric with depth, orientation only without)")
@@ -164,6 +164,60 @@ class RecognitionSettings:
     publish_debug_image: bool = setting(False, "publish query | match thumbnails side by side on match_image")
     map_wait_s: float = setting(30.0, "how long to wait for the map to appear before giving up (0 = forever)",
                                 0.0, 1e6)
+
+
+ROBOT_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def check_robot_id(robot_id: str, what: str = "robot_id") -> str:
+    """A robot id as ROS names allow it (it names sessions and, in launch files, namespaces)."""
+    if not isinstance(robot_id, str) or not ROBOT_ID_RE.match(robot_id):
+        raise ConfigError(f"{what} {robot_id!r} is not a robot id: 1-64 letters, digits and '_', starting with a "
+                          "letter")
+    return robot_id
+
+
+def parse_peers(text: str) -> frozenset[str]:
+    """The `fleet.peers` parameter: robot ids separated by commas or spaces; empty = any peer."""
+    return frozenset(check_robot_id(p, "fleet.peers entry") for p in re.split(r"[,\s]+", text.strip()) if p)
+
+
+
+@dataclass
+class FleetSettings:
+    """Several robots share one place memory over DDS (README "Fleet"; nodes/fleet.py)."""
+
+    PREFIX: ClassVar[str] = "fleet."
+    robot_id: str = setting("", "this robot's id: carried in loop closures (multi-robot back-ends), recorded in the "
+                            "map, and the name of its keyframes on the fleet topic", name="robot_id")
+    enable: bool = setting(False, "share keyframes with the fleet and take the peers' (needs robot_id)")
+    topic: str = setting("/anyloc_fleet", "the fleet's topics: <topic>/keyframes, <topic>/requests, <topic>/features "
+                         "(one set for the whole fleet: give it outside the robots' namespaces)")
+    peers: str = setting("", "robot ids whose keyframes are taken, separated by commas (empty: any robot)")
+    descriptor_format: str = setting("float16", "global descriptors on the fleet topic: float16 (half of float32, "
+                                     "recall unchanged), int8 (a quarter) or float32 (bench/fleet.py)",
+                                     choices=("float32", "float16", "int8"))
+    max_bytes_per_s: float = setting(0.0, "bandwidth budget of this robot's keyframes on the fleet topic (bytes/s; "
+                                     "0: unlimited); over it keyframes wait, none is dropped", 0.0, 1e12)
+    max_feature_requests_per_s: float = setting(3.0, "local-feature requests to peers per second, bursts of 3 (a "
+                                                "candidate's neighbourhood; each answer is one keyframe's keypoints, "
+                                                "~140 KB with 512); 0: unlimited", 0.0, 1e6)
+    feature_timeout_s: float = setting(2.0, "how long a peer candidate waits for its owner's local features", 0.01,
+                                       600.0)
+    history_depth: int = setting(100, "own keyframes DDS keeps for late joiners (transient local); older ones are "
+                                 "sent on a catch-up request", 0, 100000)
+    peer_queue: int = setting(500, "peer keyframes waiting to be stored, per peer (a flood drops its oldest, "
+                              "counted; a catch-up fetches them again)", 1, 1_000_000)
+
+    def validate(self) -> None:
+        if self.enable and not self.robot_id:
+            raise ConfigError("fleet.enable needs robot_id (this robot's id in the fleet)")
+        if self.robot_id:
+            check_robot_id(self.robot_id)
+        parse_peers(self.peers)
+        if not self.topic.startswith("/"):
+            raise ConfigError(f"fleet.topic {self.topic!r} must be absolute (start with '/'): one topic for the "
+                              "fleet, not one per robot namespace")
 
 
 @dataclass

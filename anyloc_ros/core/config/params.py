@@ -24,6 +24,7 @@ from .nodes import (
     CameraSettings,
     DepthSettings,
     EncoderNodeSettings,
+    FleetSettings,
     MappingSettings,
     MapSettings,
     PipelineSettings,
@@ -38,9 +39,9 @@ T = TypeVar("T")
 
 NODE_PARAMETERS: dict[str, tuple[type, ...]] = {
     "encoder_node": (EncoderSelection, EncoderNodeSettings, CameraSettings, DepthSettings),
-    "mapping_node": (MapSettings, IndexConfig, PoseSettings, MappingSettings, KeyframeGateConfig),
+    "mapping_node": (MapSettings, IndexConfig, PoseSettings, MappingSettings, KeyframeGateConfig, FleetSettings),
     "recognition_node": (MapSettings, IndexConfig, PoseSettings, RecognitionSettings, LoopClosureConfig,
-                         SequenceConfig, VerificationConfig),
+                         SequenceConfig, VerificationConfig, FleetSettings),
     "anyloc_pipeline": (PipelineSettings,),
 }
 

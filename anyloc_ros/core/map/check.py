@@ -31,6 +31,9 @@ class MapReport:
     index_problems: list[str] = field(default_factory=list)
     checksummed: bool = True  # False: written before row checksums and not opened by a writer since
     full: bool = False  # every row and the index were verified (check), not only poses and descriptors (info)
+    robot_id: str = ""  # the robot that maps into it (recorded by its mapping node)
+    peer_keyframes: int = 0  # other robots' keyframes (fleet, merged maps)
+    robots: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -49,14 +52,17 @@ def inspect_map(path: str | Path, full: bool = False) -> MapReport:
         store = db.store
         keyframes = store.keyframes("ORDER BY id")  # checks every row's pose-and-descriptor checksum
         if full:
-            for kid in db.ids().tolist():
+            ids = db.ids().tolist()
+            for kid in ids:
                 store.blobs(kid)
                 store.local_row(kid)
+            store.origins(ids)
         report = MapReport(
             str(path), len(db), db.sessions(), sorted({k.frame_id for k in keyframes}),
             db.encoder_signature.id, db.dim, db.index_config.type,
             sum(f.stat().st_size for f in path.iterdir() if f.is_file()), dict(store.damaged),
-            checksummed=store.checksummed, full=full)
+            checksummed=store.checksummed, full=full, robot_id=db.robot_id,
+            peer_keyframes=len(store.origin_ids()), robots=store.robots())
         if full:
             report.index_problems = _index_problems(db, {k.id for k in keyframes})
     return report

@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 
 from ..config.map import IndexConfig
-from ..errors import FeatureDimensionError, MapError
+from ..errors import MapError
 from ..geometry import Pose
-from ..types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match
+from ..types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match, PeerKeyframe, unit_descriptor
 from .factory import build_index, index_config_from_dict
 from .index import MapIndex
 from .reading import MapReading
-from .rows import BLOB_COLUMNS, CORE_COLUMNS, LOCAL_COLUMNS, keyframe_row, local_row
-from .store import MapStore, validate_session_id
+from .rows import BLOB_COLUMNS, CORE_COLUMNS, LOCAL_COLUMNS, ORIGIN_COLUMNS, keyframe_row, local_row, row_checksum
+from .store import MapStore, peer_session_id, validate_session_id
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +143,7 @@ class PlaceDatabase(MapReading):
     # ---------------------------------------------------------------- adding
     def validate_descriptor(self, d: np.ndarray) -> np.ndarray:
         """The descriptor as a unit float32 vector, or FeatureDimensionError (wrong dimension, NaN/inf, zero)."""
-        d = np.asarray(d, dtype=np.float32).reshape(-1)
-        if d.shape[0] != self.dim:
-            raise FeatureDimensionError(f"descriptor has {d.shape[0]} dimensions, the map holds {self.dim}-D descriptors")
-        if not np.isfinite(d).all():
-            raise FeatureDimensionError("descriptor contains NaN or inf")
-        n = float(np.linalg.norm(d))
-        if n == 0.0:
-            raise FeatureDimensionError("descriptor is all zeros")
-        return d / n
+        return unit_descriptor(d, self.dim)
 
     def add(
         self,
@@ -210,6 +202,67 @@ class PlaceDatabase(MapReading):
             self._index.save_if_due()
         return ids
 
+    def add_peer_keyframes(
+        self,
+        keyframes: Sequence[PeerKeyframe],
+        patches: Sequence[np.ndarray | None] | None = None,
+        thumbnails: Sequence[bytes | None] | None = None,
+        local: Sequence[LocalFeatures | None] | None = None,
+    ) -> list[int | None]:
+        """Store other robots' keyframes (fleet link, map merging) in one transaction, each in the
+        session `<robot_id>:<session>` with its origin (robot, map, id there); one already held is
+        not stored again (None in its place). The map's own active session is unchanged."""
+        if self.follower:
+            raise MapError(f"map {self.path} is open as a follower (read-only); only the writer adds keyframes")
+        n = len(keyframes)
+        patches = patches or [None] * n
+        thumbnails = thumbnails or [None] * n
+        local = local or [None] * n
+        descs = [self.validate_descriptor(kf.descriptor) for kf in keyframes]
+        with self._lock:
+            out: list[int | None] = []
+            rows, lrows, orows, sessions, fresh = [], [], [], set(), set()
+            for i, kf in enumerate(keyframes):
+                if kf.key in fresh or self.store.local_id(*kf.key) is not None:
+                    out.append(None)
+                    continue
+                fresh.add(kf.key)
+                kid = self._next_id + len(rows)
+                sid = validate_session_id(peer_session_id(kf.robot_id, kf.session))
+                sessions.add(sid)
+                rows.append(keyframe_row(kid, sid, kf.stamp_ns, kf.camera, kf.pose, descs[i], patches[i], thumbnails[i]))
+                if local[i] is not None:
+                    lrows.append(local_row(kid, local[i]))
+                origin = (kid, kf.robot_id, kf.map_id, int(kf.keyframe_id))
+                orows.append((*origin, row_checksum(origin)))
+                out.append(kid)
+            if not rows:
+                return out
+            ids = [r[0] for r in rows]
+            with self.store.transaction("add other robots' keyframes to") as conn:
+                now = time.time()
+                conn.executemany("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)",
+                                 [(sid, now) for sid in sorted(sessions)])
+                conn.executemany(
+                    f"INSERT INTO keyframes({CORE_COLUMNS}, checksum, {BLOB_COLUMNS}, blobs_checksum) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                conn.executemany(f"INSERT INTO local_features({LOCAL_COLUMNS}, checksum) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                 lrows)
+                conn.executemany(f"INSERT INTO origins({ORIGIN_COLUMNS}, checksum) VALUES (?,?,?,?,?)", orows)
+                self.store.set_meta(conn, "last_id", ids[-1])
+            self._next_id += len(ids)
+            self._index.add(np.stack([descs[i] for i, k in enumerate(out) if k is not None]),
+                            np.array(ids, dtype=np.int64), self.store)
+            self._last_id = max([self._last_id, *ids])
+            self._index.save_if_due()
+        return out
+
+    def set_robot_id(self, robot_id: str) -> None:
+        """Record the robot that maps into this map (`anyloc map merge` names its keyframes by it)."""
+        if robot_id and robot_id != self.robot_id:
+            with self._lock, self.store.transaction("record the robot id in") as conn:
+                self.store.set_meta(conn, "robot_id", robot_id)
+
     # ---------------------------------------------------------------- index (map_index.MapIndex keeps it in step)
     def reindex(self) -> None:
         """Rebuild the search index from SQLite (and train it, for IVF with enough keyframes)."""
@@ -235,6 +288,7 @@ class PlaceDatabase(MapReading):
                     part = ids[s : s + 900].tolist()
                     conn.execute(f"DELETE FROM keyframes WHERE id IN ({','.join('?' * len(part))})", part)
                     conn.execute(f"DELETE FROM local_features WHERE id IN ({','.join('?' * len(part))})", part)
+                    conn.execute(f"DELETE FROM origins WHERE id IN ({','.join('?' * len(part))})", part)
                 conn.executemany("INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in ids])
             self._index.remove(ids, self.store)
             self._index.save_quietly()

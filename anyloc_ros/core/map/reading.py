@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FeatureDimensionError
-from ..types import Keyframe, LocalFeatures, MapStats, Match
+from ..types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match
 from .rows import local_features_from_row, patches_from_row
 
 if TYPE_CHECKING:
@@ -92,6 +92,51 @@ class MapReading:
             raise KeyError(keyframe_id)
         return kf
 
+    def get_or_none(self, keyframe_id: int) -> Keyframe | None:
+        try:
+            return self.get(keyframe_id)
+        except KeyError:
+            return None
+
+    # ---- keyframes of other robots (fleet link, merged maps)
+    def origin(self, keyframe_id: int) -> tuple[str, str, int] | None:
+        """(robot_id, map_id, id in that map) of another robot's keyframe; None for the map's own
+        (or a damaged origin: the keyframe is then quarantined)."""
+        found = self.store.origins([keyframe_id]).get(int(keyframe_id))
+        self._quarantine()
+        return found
+
+    def local_id(self, robot_id: str, map_id: str, remote_id: int) -> int | None:
+        """This map's id of another robot's keyframe, when it holds it."""
+        return self.store.local_id(robot_id, map_id, remote_id)
+
+    def holds_peer_keyframe(self, key: tuple[str, str, int]) -> bool:
+        return self.store.local_id(*key) is not None
+
+    def peer_keyframe_max_ids(self) -> dict[tuple[str, str], int]:
+        """The newest id held of each (robot, map) of other robots: where a catch-up starts."""
+        return self.store.peer_max_ids()
+
+    def own_ids(self, after: int = -1) -> list[int]:
+        """The map's own keyframes (what it shares with a fleet) above `after`, ascending."""
+        return self.store.own_ids(after)
+
+    def is_own(self, keyframe_id: int) -> bool:
+        return self.get_or_none(keyframe_id) is not None and int(keyframe_id) not in self.store.origin_ids()
+
+    @property
+    def robot_id(self) -> str:
+        """The robot that maps into this map (recorded by its mapping node), "" when not recorded."""
+        rid = self.store.meta("robot_id")
+        return rid if isinstance(rid, str) else ""
+
+    @property
+    def encoder_id(self) -> str:
+        return EncoderSignature(self.encoder_signature).id
+
+    def _robots_of(self, ids: Sequence[int]) -> dict[int, str]:
+        return {kid: o[0] for kid, o in self.store.origins(ids).items()}
+
     @property
     def damaged(self) -> dict[int, str]:
         """Keyframes found damaged (id -> the part that failed its checksum): quarantined."""
@@ -169,8 +214,9 @@ class MapReading:
     def _matches(self, ids: np.ndarray, scores: np.ndarray) -> list[Match]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
         info = self.store.keyframes_by_id([i for i, _ in valid]) if valid else {}
-        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose)
-                for i, s in valid if (kf := info.get(i)) is not None]
+        robots = self._robots_of(list(info)) if info else {}
+        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose, robot_id=robots.get(i, ""))
+                for i, s in valid if (kf := info.get(i)) is not None and i not in self.store.damaged]
 
     def refresh(self) -> list[Keyframe]:
         """Follower: pick up the writer's changes since the last call: the active session, removed
@@ -185,6 +231,9 @@ class MapReading:
             if not new:
                 return []
             ids = np.array([k.id for k in new], np.int64)
+            by_id = {k.id: k for k in new}
+            for kid, robot in self._robots_of(ids.tolist()).items():
+                by_id[kid].robot_id = robot
             self._index.add_from_store(ids, self.store)
             self._last_id = int(ids[-1])
             self._quarantine()
@@ -197,4 +246,5 @@ class MapReading:
 
     def stats(self) -> MapStats:
         return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
-                        self._index.trained, dict(self.encoder_signature), len(self.store.damaged))
+                        self._index.trained, dict(self.encoder_signature), len(self.store.damaged),
+                        len(self.store.origin_ids()), self.store.robots())

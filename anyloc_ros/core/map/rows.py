@@ -26,6 +26,7 @@ KEYFRAME_COLUMNS = "id, session, stamp_ns, frame_id, px, py, pz, qx, qy, qz, qw"
 CORE_COLUMNS = KEYFRAME_COLUMNS + ", descriptor"  # checksum
 BLOB_COLUMNS = "patches, patches_shape, thumbnail"  # blobs_checksum
 LOCAL_COLUMNS = "id, keypoints, descriptors, dim, image_h, image_w, camera_matrix, camera_mount, depths"  # checksum
+ORIGIN_COLUMNS = "id, robot_id, map_id, remote_id"  # checksum: a keyframe of another robot (fleet, merged maps)
 
 
 def row_checksum(values: Sequence[Any]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import MapError
 from ..fileio import atomic_path, describe_os_error
 from .file import APPLICATION_ID, check_map_header, classify_sqlite_error
-from .rows import BLOB_COLUMNS, CORE_COLUMNS, KEYFRAME_COLUMNS, LOCAL_COLUMNS, from_json, row_checksum
+from .rows import BLOB_COLUMNS, CORE_COLUMNS, KEYFRAME_COLUMNS, LOCAL_COLUMNS, ORIGIN_COLUMNS, from_json, row_checksum
 
 log = logging.getLogger("anyloc_ros.core.map.store")
 
@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS local_features (
     depths BLOB,
     checksum INTEGER
 );
+CREATE TABLE IF NOT EXISTS origins (
+    id INTEGER PRIMARY KEY,
+    robot_id TEXT NOT NULL,
+    map_id TEXT NOT NULL,
+    remote_id INTEGER NOT NULL,
+    checksum INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS origins_remote ON origins(robot_id, map_id, remote_id);
 """
 # Columns added to a table after maps were made with it: (table, column, type). The writer adds
 # them on open; followers of an older map read without them.
@@ -113,6 +121,8 @@ def connect(file: Path, directory: Path, writer: bool, durable: bool) -> tuple[s
             ro.execute(f"SELECT {KEYFRAME_COLUMNS}, descriptor, patches, patches_shape, thumbnail "
                        "FROM keyframes LIMIT 1").fetchall()
             ro.execute("SELECT id, created FROM sessions LIMIT 1").fetchall()
+            if "origins" in tables:
+                ro.execute(f"SELECT {ORIGIN_COLUMNS}, checksum FROM origins LIMIT 1").fetchall()
     except sqlite3.Error as exc:
         raise MapError(f"map database {file} is damaged ({exc}); restore the map directory from a "
                        "backup") from exc

@@ -48,6 +48,7 @@ from .rows import (
     BLOB_COLUMNS,
     CORE_COLUMNS,
     LOCAL_COLUMNS,
+    ORIGIN_COLUMNS,
     chunks,
     decode_descriptor,
     from_json,
@@ -68,6 +69,12 @@ def validate_session_id(sid: str) -> str:
         raise MapError(f"invalid session id {shown}: use 1-{MAX_SESSION_ID} characters of letters, digits, "
                        "'_', '-', '.', ':' (starting with a letter or digit)")
     return sid
+
+
+def peer_session_id(robot_id: str, session: str) -> str:
+    """The local name of another robot's session: its robot id and its own session id (two robots
+    may both call a traversal `corridor`)."""
+    return f"{robot_id}:{session}"[:MAX_SESSION_ID]
 
 
 class MapStore:
@@ -95,7 +102,7 @@ class MapStore:
                     create_map_file(self.file, create_meta)
             self._conn, self._has_removed = connect(self.file, self.directory, writer, durable)
             self._columns = {t: {r[1] for r in self.read(f"PRAGMA table_info({t})")}
-                             for t in ("keyframes", "local_features")}
+                             for t in ("keyframes", "local_features", "origins")}
             # a follower of a map no writer has opened since row checksums came reads it unchecked
             self.checksummed = self.meta("checksums") is True
         except BaseException:
@@ -249,6 +256,51 @@ class MapStore:
         if not rows or not self._intact(rows[0][0], rows[0][:9], rows[0][9], "local features"):
             return None
         return rows[0][:9]
+
+    def origins(self, ids: Sequence[int]) -> dict[int, tuple[str, str, int]]:
+        """(robot_id, map_id, id there) of the keyframes among `ids` that came from another robot;
+        a damaged origin row marks its keyframe damaged (it would name the wrong robot's place)."""
+        if "id" not in self._columns["origins"]:
+            return {}  # a map made before the fleet, read by a follower
+        out: dict[int, tuple[str, str, int]] = {}
+        for part in chunks([int(i) for i in ids]):
+            for r in self.read(f"SELECT {ORIGIN_COLUMNS}, checksum FROM origins WHERE id IN "
+                               f"({','.join('?' * len(part))})", part):
+                if self._intact(r[0], r[:4], r[4], "origin (robot and id)") and isinstance(r[3], int):
+                    out[int(r[0])] = (str(r[1]), str(r[2]), int(r[3]))
+        return out
+
+    def origin_ids(self) -> set[int]:
+        """Every keyframe id that came from another robot (its origin row, intact or not)."""
+        if "id" not in self._columns["origins"]:
+            return set()
+        return {int(r[0]) for r in self.read("SELECT id FROM origins")}
+
+    def local_id(self, robot_id: str, map_id: str, remote_id: int) -> int | None:
+        """This map's id of another robot's keyframe, when held."""
+        if "id" not in self._columns["origins"]:
+            return None
+        rows = self.read("SELECT id FROM origins WHERE robot_id=? AND map_id=? AND remote_id=?",
+                         (robot_id, map_id, int(remote_id)))
+        return int(rows[0][0]) if rows else None
+
+    def peer_max_ids(self) -> dict[tuple[str, str], int]:
+        if "id" not in self._columns["origins"]:
+            return {}
+        rows = self.read("SELECT robot_id, map_id, max(remote_id) FROM origins GROUP BY robot_id, map_id")
+        return {(str(r), str(m)): int(i) for r, m, i in rows}
+
+    def robots(self) -> list[str]:
+        if "id" not in self._columns["origins"]:
+            return []
+        return [str(r[0]) for r in self.read("SELECT DISTINCT robot_id FROM origins ORDER BY robot_id")]
+
+    def own_ids(self, after: int = -1) -> list[int]:
+        """Ids of the map's own keyframes (not another robot's) above `after`, ascending."""
+        if "id" not in self._columns["origins"]:
+            return [int(r[0]) for r in self.read("SELECT id FROM keyframes WHERE id > ? ORDER BY id", (after,))]
+        return [int(r[0]) for r in self.read("SELECT id FROM keyframes WHERE id > ? AND id NOT IN (SELECT id FROM "
+                                             "origins) ORDER BY id", (after,))]
 
     def _col(self, table: str, column: str) -> str:
         """The column, or NULL in a map made before it (read by a follower: the writer adds it)."""

@@ -134,7 +134,8 @@ class LoopClosureFilter:
         radius_m = c.consistency_radius_m if radius_m is None else radius_m
         window = c.consistency_window if window is None else window
         if radius_m > 0 and a.pose is not None and b.pose is not None:
-            return a.pose.distance_to(b.pose) <= radius_m
+            # poses of two robots are in two odometry frames: never one neighbourhood by distance
+            return a.robot_id == b.robot_id and a.pose.distance_to(b.pose) <= radius_m
         # ids are a neighbourhood along one camera's keyframes (several cameras interleave their ids)
         return a.session == b.session and a.frame_id == b.frame_id and abs(a.keyframe_id - b.keyframe_id) <= window
 

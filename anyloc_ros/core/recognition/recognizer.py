@@ -9,6 +9,7 @@ their results agree; a frame goes through it, then to the Mapper, in the per-fra
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,10 @@ class RecognitionResult:
     loop: LoopCandidate | None = None  # a published loop closure
     suppressed: bool = False  # a confirmed candidate in the neighbourhood of an earlier closure
     rejected: Verification | None = None  # a confirmed candidate that failed geometric verification
+    # another robot's keyframes of a confirmed candidate whose local features are not here yet
+    # (fleet: the node asks their owner, then calls `finish`); `candidate` is what waits for them
+    awaiting: list[int] = field(default_factory=list)
+    candidate: LoopCandidate | None = None
 
 
 class PlaceRecognizer:
@@ -38,8 +43,11 @@ class PlaceRecognizer:
     run: patch matching would re-order a single frame's list that the sequence overrides."""
 
     def __init__(self, db: PlaceDatabase, config: LoopClosureConfig | None = None,
-                 sequence: SequenceConfig | None = None, verification: VerificationConfig | None = None) -> None:
+                 sequence: SequenceConfig | None = None, verification: VerificationConfig | None = None,
+                 peer_features: Callable[[int], LocalFeatures | None] | None = None) -> None:
         self.db = db
+        # local features of other robots' keyframes, fetched from their owners (fleet link)
+        self.peer_features = peer_features or (lambda _: None)
         self.filter = LoopClosureFilter(config)
         self.config = self.filter.config
         self.verification = verification or VerificationConfig()
@@ -66,8 +74,11 @@ class PlaceRecognizer:
             matches = self._sequence_matches(q, descriptor, matches, excluded, exclude_sessions)
             clock.lap("sequence")
         elif self.config.rerank and patches is not None and matches:
-            matches = rerank(patches, matches, [self.db.patches(m.keyframe_id) for m in matches],
-                             self.config.rerank_min_similarity)
+            stored = [self.db.patches(m.keyframe_id) for m in matches]
+            # another robot's keyframes travel without patches: a list holding them stays in the
+            # global descriptor's order (mutual-NN counts of some against cosines of others mean nothing)
+            if not any(p is None and m.robot_id for m, p in zip(matches, stored, strict=True)):
+                matches = rerank(patches, matches, stored, self.config.rerank_min_similarity)
             clock.lap("rerank")
         self.timings = clock.laps
         loop = self.filter.update(q, matches)
@@ -76,42 +87,67 @@ class PlaceRecognizer:
         if self.filter.suppressed(loop):
             return RecognitionResult(q, matches, suppressed=True)
         clock.lap("filter")
-        verified, rejected = self._verify(loop, matches, local)
+        verified, rejected, awaiting = self._verify(loop, matches, local)
         clock.lap("verification")
         if verified is None:
-            return RecognitionResult(q, matches, rejected=rejected)
+            return RecognitionResult(q, matches, rejected=rejected, awaiting=awaiting,
+                                     candidate=loop if awaiting else None)
         self.filter.publish(verified)
         return RecognitionResult(q, matches, verified)
 
+    def finish(self, result: RecognitionResult, local: LocalFeatures | None) -> RecognitionResult:
+        """A candidate that waited for other robots' local features, verified now that they are
+        here (`peer_features`): published unless a closure of that neighbourhood came meanwhile."""
+        loop = result.candidate
+        if loop is None or self.filter.suppressed(loop):
+            return RecognitionResult(result.query, result.matches, suppressed=loop is not None)
+        verified, rejected, awaiting = self._verify(loop, result.matches, local)
+        if verified is None:
+            return RecognitionResult(result.query, result.matches, rejected=rejected, awaiting=awaiting)
+        self.filter.publish(verified)
+        return RecognitionResult(result.query, result.matches, verified)
+
+    def _features(self, m: Match) -> LocalFeatures | None:
+        lf = self.db.local_features(m.keyframe_id)
+        return lf if lf is not None or not m.robot_id else self.peer_features(m.keyframe_id)
+
     def _verify(self, loop: LoopCandidate, matches: list[Match], local: LocalFeatures | None
-                ) -> tuple[LoopCandidate | None, Verification | None]:
+                ) -> tuple[LoopCandidate | None, Verification | None, list[int]]:
         """(the closure to publish, None) or (None, the best failed verification).
 
         The confirmed neighbourhood's top `verification.candidates` keyframes are checked in rank
         order; the first that verifies is published (appearance ranks, geometry gates: the
-        keyframe with most inliers is often a neighbour along a corridor, not the closest one)."""
+        keyframe with most inliers is often a neighbour along a corridor, not the closest one).
+        Another robot's keyframe whose local features are not here yet holds the decision until
+        they are (`awaiting`): rank order decides, not the order in which owners answer."""
         vc = self.verification
         if not vc.enable:
-            return loop, None
+            return loop, None, []
         best: tuple[Match, Verification] | None = None
         failed: Verification | None = None
+        awaiting: list[int] = []
         if local is not None:
             near = [m for m in matches if self.filter.same_neighbourhood(m, loop.match)][: vc.candidates]
             for m in near:
-                kf = self.db.local_features(m.keyframe_id)
+                kf = self._features(m)
                 if kf is None:
+                    if m.robot_id:
+                        awaiting.append(m.keyframe_id)
                     continue
                 v = verify(local, kf, config=vc)
                 if v.verified:
-                    best = (m, v)
+                    if not awaiting:  # (a better-ranked peer keyframe still to come decides first)
+                        best = (m, v)
                     break
                 if failed is None or v.inliers > failed.inliers:
                     failed = v
         if best is not None:
-            return LoopCandidate(loop.query, best[0], loop.consistent, best[1]), None
+            return LoopCandidate(loop.query, best[0], loop.consistent, best[1]), None, []
+        if awaiting:  # another robot's keyframes: verified when their owner's features arrive
+            return None, failed, awaiting
         if failed is None and not vc.required:  # nothing to verify with: published unverified
-            return loop, None
-        return None, failed or Verification(False, 0, 0)
+            return loop, None, []
+        return None, failed or Verification(False, 0, 0), []
 
     def recognize(self, descriptor: np.ndarray, stamp_ns: int, pose: Pose | None = None,
                   patches: np.ndarray | None = None, query_id: int | None = None,
@@ -163,7 +199,8 @@ class PlaceRecognizer:
         """Follower: take in the writer's new keyframes and removals; returns how many were new."""
         new = self.db.refresh()
         for kf in new:
-            self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
+            if not kf.robot_id:  # another robot's keyframes are never this robot's recent ones
+                self.filter.observe_keyframe(kf.id, kf.stamp_ns, kf.session, kf.pose)
         return len(new)
 
     def prime_from_map(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config.nodes import MappingSettings, RecognitionSettings
 from ..geometry import Pose
-from ..types import DescriptorFrame, Match
+from ..types import DescriptorFrame, LocalFeatures, Match
 from .edges import relocalization
 from .mapping import Mapper
 
@@ -90,6 +90,14 @@ class FrameStep:
             out.ms["map"] = (time.perf_counter() - t0) * 1e3
         return out
 
+    def finish(self, waiting: RecognitionResult, local: LocalFeatures | None) -> StepResult:
+        """The step's end for a candidate that waited for other robots' local features (fleet)."""
+        assert self.recognizer is not None
+        out = StepResult(recognition=self.recognizer.finish(waiting, local))
+        out.edge = self._edge(out.recognition)
+        out.relocalization = self._relocalization(out)
+        return out
+
     @staticmethod
     def _edge(result: RecognitionResult) -> tuple[Pose, np.ndarray] | None:
         v = result.loop.verification if result.loop is not None else None
@@ -108,7 +116,7 @@ class FrameStep:
             match, edge = out.matches[0], None
         else:
             return None
-        if match.pose is None or match.score < st.relocalization_min_score:
-            return None
+        if match.pose is None or match.score < st.relocalization_min_score or match.robot_id:
+            return None  # (another robot's keyframe: its pose is in that robot's odometry frame)
         return relocalization(match.pose, edge, out.scale_known if edge is not None else False,
                               st.relocalization_covariance)

@@ -1,0 +1,316 @@
+"""A fleet's shared place memory in the core (#25): the compact descriptor on the wire, which peer
+keyframes are taken (own echo, peers list, other encoder, malformed, duplicates, floods), the
+budgets, peer keyframes stored as the peer's sessions (surviving a restart, never twice), and
+offline merging of two robots' maps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from anyloc_ros.core.errors import ConfigError, MapError
+from anyloc_ros.core.fleet.budget import TokenBucket
+from anyloc_ros.core.fleet.gate import PeerGate
+from anyloc_ros.core.fleet.outbox import Outbox
+from anyloc_ros.core.fleet.wire import (
+    PeerKeyframe,
+    decode_descriptor,
+    encode_descriptor,
+    parse_peers,
+)
+from anyloc_ros.core.geometry import Pose
+from anyloc_ros.core.map.database import PlaceDatabase
+from anyloc_ros.core.map.merge import merge_maps
+from anyloc_ros.core.types import LocalFeatures
+
+from ..conftest import REPO
+
+SIG = {"backbone": "t", "dim": 16}
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def peer(i: int, robot: str = "robot_a", map_id: str = "mapA", d: np.ndarray | None = None, **kw) -> PeerKeyframe:
+    fields = dict(robot_id=robot, map_id=map_id, session="s1", keyframe_id=i, stamp_ns=i * 10**9, encoder_id="enc",
+                  descriptor=unit(1, i)[0] if d is None else d, pose=Pose(float(i), 0.0, 0.0), frame_id="odom",
+                  camera="cam")
+    fields.update(kw)
+    return PeerKeyframe(**fields)
+
+
+# ---------------------------------------------------------------- wire
+@pytest.mark.parametrize("fmt,code,width,max_err", [("float32", 0, 4, 1e-6), ("float16", 1, 2, 1e-3),
+                                                    ("int8", 2, 1, 2e-2)])
+def test_descriptor_codec_round_trip(fmt, code, width, max_err):
+    d = unit(50, 3)
+    for v in d:
+        data, scale = encode_descriptor(v, fmt)
+        assert len(data) == 16 * width
+        back = decode_descriptor(data, code, 16, scale)
+        assert abs(float(back @ v) - 1.0) < max_err
+
+
+def test_decode_refuses_what_does_not_fit():
+    data, _ = encode_descriptor(unit(1)[0], "float16")
+    with pytest.raises(ValueError, match="16-D"):
+        decode_descriptor(data[:-2], 1, 16, 1.0)
+    with pytest.raises(ValueError, match="format"):
+        decode_descriptor(data, 7, 16, 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        decode_descriptor(np.full(16, np.nan, "<f2").tobytes(), 1, 16, 1.0)
+    with pytest.raises(ValueError, match="zeros"):
+        decode_descriptor(bytes(32), 1, 16, 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        decode_descriptor(bytes(16), 2, 16, float("nan"))
+    with pytest.raises(ConfigError, match="format"):
+        encode_descriptor(unit(1)[0], "float64")
+
+
+def test_peers_parameter():
+    assert parse_peers("") == frozenset()
+    assert parse_peers("robot_a, robot_b robot_c") == {"robot_a", "robot_b", "robot_c"}
+    with pytest.raises(ConfigError, match="robot id"):
+        parse_peers("robot_a,1bad")
+
+
+# ---------------------------------------------------------------- gate
+def test_gate_refuses_bad_peers_with_counted_reasons():
+    told = []
+    held = {("robot_a", "mapA", 5)}
+    gate = PeerGate("robot_b", "mapB", frozenset({"robot_a"}),
+                    encoder_refusal=lambda e: None if e == "enc" else f"encoder {e} is not the map's",
+                    held=lambda key: key in held, log=told.append)
+    assert gate.offer(peer(1)) is None
+    assert gate.offer(peer(2, robot="robot_b", map_id="mapX")) == "own_echo"  # our robot id coming back
+    assert gate.offer(peer(3, robot="robot_x", map_id="mapB")) == "own_echo"  # our map coming back
+    assert gate.offer(peer(4, robot="robot_c", map_id="mapC")) == "not_a_peer"
+    assert gate.offer(peer(6, encoder_id="other")) == "other_encoder"
+    assert gate.offer(peer(7, encoder_id="other")) == "other_encoder"
+    assert gate.offer(peer(5)) == "duplicate"  # held in the map already
+    assert gate.offer(peer(1)) == "duplicate"  # waiting in the queue already
+    for bad in (peer(8, robot="has space"), peer(9, session=""), peer(10, keyframe_id=-1),
+                peer(11, pose=Pose(float("nan"), 0, 0)), peer(12, session="bad session id"), peer(13, map_id="")):
+        assert gate.offer(bad) == "malformed"
+    assert dict(gate.counts) == {"own_echo": 2, "not_a_peer": 1, "other_encoder": 2, "duplicate": 2, "malformed": 6}
+    assert [kf.keyframe_id for kf in gate.take(10)] == [1]
+    # each refusal said once per robot and reason, not once per keyframe
+    assert sum("other_encoder" in t for t in told) == 1 and sum("not_a_peer" in t for t in told) == 1
+
+
+def test_gate_bounds_a_flooding_peer_and_serves_peers_in_turn():
+    gate = PeerGate("robot_b", "mapB", queue_size=5)
+    for i in range(100):
+        gate.offer(peer(i, robot="robot_flood", map_id="mapF"))
+    for i in range(3):
+        gate.offer(peer(i, robot="robot_a"))
+    assert gate.counts["queue_dropped"] == 95 and gate.waiting == 8
+    taken = gate.take(4)
+    # round-robin: the flooder does not starve robot_a; its queue kept the newest
+    assert [kf.robot_id for kf in taken] == ["robot_flood", "robot_a", "robot_flood", "robot_a"]
+    assert [kf.keyframe_id for kf in taken if kf.robot_id == "robot_flood"] == [95, 96]
+
+
+def test_token_bucket_and_outbox():
+    t = [0.0]
+    bucket = TokenBucket(1000.0, 1000.0, clock=lambda: t[0])
+    assert bucket.take(600) and not bucket.take(600)
+    t[0] += 0.5
+    assert bucket.take(600)
+    t[0] -= 100  # a clock that jumps back refills nothing and breaks nothing
+    assert not bucket.take(600)
+    t[0] += 200
+    assert bucket.take(5000)  # larger than the burst: passes when full, once
+    assert not bucket.take(1)
+    assert TokenBucket(0).take(10**9)  # 0 = unlimited
+    box = Outbox()
+    assert box.add([5, 3, 9, 3]) == 3 and box.add([5]) == 0
+    assert [box.pop() for _ in range(len(box))] == [3, 5, 9]
+
+
+# ---------------------------------------------------------------- the map
+def test_peer_keyframes_stored_as_peer_sessions_once_and_survive_restart(tmp_path):
+    own = unit(3, 1)
+    with PlaceDatabase(tmp_path / "b", SIG) as db:
+        db.new_session("b1")
+        own_ids = db.add_many(own, [1, 2, 3])
+        kfs = [peer(i) for i in range(10, 15)] + [peer(10, robot="robot_c", map_id="mapC")]
+        ids = db.add_peer_keyframes(kfs)
+        assert all(i is not None for i in ids)
+        assert db.add_peer_keyframes([peer(11), peer(12)]) == [None, None]  # already held: not stored twice
+        assert db.session == "b1"  # storing peers does not change the robot's own session
+        assert db.own_ids() == own_ids and db.own_ids(after=own_ids[0]) == own_ids[1:]
+        assert db.origin(ids[0]) == ("robot_a", "mapA", 10) and db.origin(own_ids[0]) is None
+        assert db.local_id("robot_c", "mapC", 10) == ids[-1]
+        assert db.peer_keyframe_max_ids() == {("robot_a", "mapA"): 14, ("robot_c", "mapC"): 10}
+    with PlaceDatabase(tmp_path / "b", SIG) as db:  # restarted
+        st = db.stats()
+        assert st.keyframes == 9 and st.peer_keyframes == 6 and st.robots == ["robot_a", "robot_c"]
+        assert {"robot_a:s1", "robot_c:s1", "b1"} <= set(st.sessions)
+        m = db.search(kfs[2].descriptor, 1)[0][0]
+        assert (m.keyframe_id, m.robot_id, m.session) == (ids[2], "robot_a", "robot_a:s1")
+        assert m.pose == kfs[2].pose
+        assert db.search(own[0], 1)[0][0].robot_id == ""
+        assert db.holds_peer_keyframe(("robot_a", "mapA", 13)) and not db.holds_peer_keyframe(("robot_a", "mapA", 99))
+        # a follower sees the same (the recognition node)
+        with PlaceDatabase(tmp_path / "b", follower=True) as f:
+            assert f.origin(ids[0]) == ("robot_a", "mapA", 10)
+            assert [k.robot_id for k in f.refresh()] == [] and f.stats().peer_keyframes == 6
+
+
+def test_peer_keyframe_descriptor_must_fit_the_map(tmp_path):
+    with PlaceDatabase(tmp_path / "b", SIG) as db:
+        with pytest.raises(Exception, match="dimensions"):
+            db.add_peer_keyframes([peer(1, d=np.ones(8, np.float32))])
+        assert len(db) == 0
+
+
+def test_damaged_origin_quarantines_the_keyframe(tmp_path):
+    import sqlite3
+
+    with PlaceDatabase(tmp_path / "b", SIG) as db:
+        ids = db.add_peer_keyframes([peer(1), peer(2)])
+    conn = sqlite3.connect(tmp_path / "b" / "map.sqlite")
+    conn.execute("UPDATE origins SET remote_id=7 WHERE id=?", (ids[0],))  # another robot's keyframe now?
+    conn.commit()
+    conn.close()
+    with PlaceDatabase(tmp_path / "b", SIG) as db:
+        assert db.origin(ids[0]) is None and ids[0] in db.damaged
+        assert all(m.keyframe_id != ids[0] for m in db.search(peer(1).descriptor, 2)[0])
+        assert db.origin(ids[1]) == ("robot_a", "mapA", 2)
+
+
+# ---------------------------------------------------------------- merging saved maps
+def _robot_map(path, robot: str, seed: int, n: int = 4) -> list[int]:
+    local = LocalFeatures(np.zeros((4, 2), np.float32), np.ones((4, 8), np.float16), np.ones(4, np.float32), (48, 64))
+    with PlaceDatabase(path, SIG) as db:
+        db.set_robot_id(robot)
+        db.new_session(f"{robot}_day1")
+        return db.add_many(unit(n, seed), [i * 10**9 for i in range(n)], ["cam"] * n,
+                           [Pose(float(i), 0.0, 0.0) for i in range(n)], patches=[np.ones((2, 3), np.float32)] * n,
+                           thumbnails=[b"jpg"] * n, local=[local] * n)
+
+
+def test_merge_keeps_sessions_robots_and_content(tmp_path):
+    a_ids = _robot_map(tmp_path / "a", "robot_a", 1)
+    _robot_map(tmp_path / "b", "robot_b", 2, n=3)
+    report = merge_maps([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert report.keyframes == 7
+    with PlaceDatabase(tmp_path / "out", follower=True) as out, PlaceDatabase(tmp_path / "a", follower=True) as a:
+        st = out.stats()
+        assert st.keyframes == 7 and st.robots == ["robot_a", "robot_b"]
+        assert {"robot_a:robot_a_day1", "robot_b:robot_b_day1"} == set(st.sessions)
+        kid = out.local_id("robot_a", a.map_id, a_ids[1])
+        assert np.allclose(out.descriptors([kid]), a.descriptors([a_ids[1]]))
+        assert out.get(kid).pose == a.get(a_ids[1]).pose
+        assert out.local_features(kid) is not None and out.patches(kid) is not None and out.thumbnail(kid) == b"jpg"
+    # merging again into the same output adds nothing twice
+    assert merge_maps([tmp_path / "a"], tmp_path / "out").keyframes == 0
+
+
+def test_merge_refuses_mixed_encoders_naming_fields(tmp_path):
+    _robot_map(tmp_path / "a", "robot_a", 1)
+    with PlaceDatabase(tmp_path / "c", {"backbone": "other", "dim": 16}):
+        pass
+    with pytest.raises(MapError, match="backbone"):
+        merge_maps([tmp_path / "a", tmp_path / "c"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_map_merge_cli(tmp_path):
+    _robot_map(tmp_path / "a", "robot_a", 1)
+    _robot_map(tmp_path / "b", "robot_b", 2)
+    run = subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", "map", "merge", str(tmp_path / "a"),
+                          str(tmp_path / "b"), str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "8 keyframes" in run.stdout and "robot_a" in run.stdout
+    info = subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", "map", "check", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "8 keyframes of other robots (robot_a, robot_b)" in info.stdout, info.stdout
+    with PlaceDatabase(tmp_path / "c", {"backbone": "other", "dim": 16}):
+        pass
+    bad = subprocess.run([sys.executable, "-m", "anyloc_ros.tools.cli", "map", "merge", str(tmp_path / "a"),
+                          str(tmp_path / "c"), str(tmp_path / "out2")], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and "backbone" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- two robots on the corridor, in the core
+@pytest.mark.realdata
+def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt):
+    """Robot A maps the first traversal; its keyframes reach robot B as the fleet topic carries
+    them (float16 descriptors, no local features). B drives the second traversal, mapping its own
+    keyframes and recognising: its closures are to A's keyframes, each waits for A's local features
+    (asked of A's map, as the owner answers a request), then is verified; all correct."""
+    from anyloc_ros.core.config.nodes import RecognitionSettings
+    from anyloc_ros.core.config.recognition import KeyframeGateConfig, LoopClosureConfig, SequenceConfig
+    from anyloc_ros.core.recognition.mapping import Mapper
+    from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
+    from anyloc_ros.core.recognition.step import FrameStep
+    from anyloc_ros.core.types import DescriptorFrame
+
+    sig = {"backbone": "xfeat", "dim": len(corridor_frames["ref"][0].descriptor)}
+    s = 10**9
+    with PlaceDatabase(tmp_path / "a", sig, durable=False) as a, PlaceDatabase(tmp_path / "b", sig, durable=False) as b:
+        mapper_a = Mapper(a, KeyframeGateConfig(min_distance_m=0.5))
+        mapper_a.new_session("a1")
+        for i, f in enumerate(corridor_frames["ref"]):
+            mapper_a.offer(f.descriptor, (1000 + i) * s, "cam", Pose(float(i), 0.0, 0.0), local=f.local)
+        wire = []
+        for kf in a.keyframes():
+            data, scale = encode_descriptor(a.descriptors([kf.id])[0], "float16")
+            wire.append(PeerKeyframe("robot_a", a.map_id, kf.session, kf.id, kf.stamp_ns, "",
+                                     decode_descriptor(data, 1, a.dim, scale), kf.pose, "odom", kf.frame_id))
+        assert all(i is not None for i in b.add_peer_keyframes(wire))
+        cache: dict[int, LocalFeatures | None] = {}
+        step = FrameStep(PlaceRecognizer(b, LoopClosureConfig(), SequenceConfig(enable=True), peer_features=cache.get),
+                         Mapper(b, KeyframeGateConfig(min_distance_m=0.5)), RecognitionSettings(exclude_current_session=True))
+        step.mapper.new_session("b1")
+        loops, asked, waited = [], 0, 0
+        for i, f in enumerate(corridor_frames["query"]):
+            frame = DescriptorFrame((5000 + i) * s, "cam", i, f.descriptor, patches=f.patches, local=f.local)
+            out = step(frame, Pose(float(i), 0.5, 0.0))  # B's own odometry frame
+            if out.recognition.awaiting:
+                waited += 1
+                for kid in out.recognition.awaiting:  # the owner's answer to a LOCAL_FEATURES request
+                    robot, map_id, remote = b.origin(kid)
+                    assert (robot, map_id) == ("robot_a", a.map_id)
+                    cache[kid] = a.local_features(remote)
+                    asked += 1
+                out = step.finish(out.recognition, f.local)
+            if out.loop is not None:
+                loops.append((i, b.origin(out.loop.match.keyframe_id)[2] - 1, out.loop))
+        own = len(b.own_ids())
+    correct = sum(ref in corridor_gt[i] for i, ref, _ in loops)
+    print(f"inter-robot closures: {len(loops)}, correct {correct}; candidates waited {waited}, features asked {asked}, "
+          f"B's own keyframes {own}")
+    assert len(loops) >= 5 and correct == len(loops)
+    assert all(lc.match.robot_id == "robot_a" and lc.verification is not None and lc.verification.verified
+               for _, _, lc in loops)
+    # at least one closure per revisited stretch (suppress_window 10: the corridor's 111 frames in ~10)
+    assert all(any(abs(ref - g) <= 10 for _, ref, _ in loops for g in corridor_gt[i]) for i in range(len(corridor_gt)))
+    assert own == len(corridor_frames["query"]) and asked <= 3 * waited
+
+
+def test_fleet_settings_are_checked():
+    from anyloc_ros.core.config.nodes import FleetSettings
+    from anyloc_ros.core.config.params import NodeParameters
+
+    def settings(**values):
+        return NodeParameters("mapping_node", values).get(FleetSettings)
+
+    assert settings(robot_id="robot_a", **{"fleet.enable": True}).enable
+    with pytest.raises(ConfigError, match="needs robot_id"):
+        settings(**{"fleet.enable": True})
+    with pytest.raises(ConfigError, match="robot id"):
+        settings(robot_id="robot-a")
+    with pytest.raises(ConfigError, match="absolute"):
+        settings(robot_id="robot_a", **{"fleet.topic": "fleet"})
+    with pytest.raises(ConfigError, match="fleet.peers"):
+        settings(robot_id="robot_a", **{"fleet.peers": "robot_b,9x"})
