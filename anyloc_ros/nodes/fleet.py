@@ -41,7 +41,7 @@ from ..core.types import LocalFeatures
 from ..msg import FleetFeatures, FleetKeyframe, FleetRequest
 from .conversions import ns_to_stamp, pose_from_msg, pose_to_msg, stamp_to_ns
 from .descriptor_msg import EncoderGate, local_features_from_msg, local_features_to_msg
-from .diagnostics import RateStats, log_error
+from .diagnostics import RateStats, log_error, log_throttled
 from .qos import queue_qos
 
 
@@ -85,13 +85,16 @@ class FleetMapLink:
         self._held_at_start = db.peer_keyframe_max_ids()  # catch-up starts after what we held then
         self._asked: dict[tuple[str, str], float] = {}  # peer map -> when a catch-up was asked
         self._dropped_from: set[tuple[str, str]] = set()
+        self._catch_ups_answered: dict[str, float] = {}  # asking robot -> when its last catch-up was answered
+        self._feature_buckets: dict[str, TokenBucket] = {}
         self._request_id = 0
         # keep-all: DDS never overwrites a burst (a catch-up, a flood) unseen, it slows the sender
         # down; the gate's per-peer queues decide what is dropped, and count it
         node.create_subscription(FleetKeyframe, kf_topic, self._on_keyframe, QoSProfile(
             depth=1, history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        node.create_subscription(FleetRequest, req_topic, self._on_request, queue_qos(100))
+        # requests are small: a deep queue so a burst reaches the per-robot budget (refused there, counted)
+        node.create_subscription(FleetRequest, req_topic, self._on_request, queue_qos(1000))
         node.create_timer(0.05, self._tick)
         node.get_logger().info(
             f"fleet: robot {self.robot_id} shares its keyframes on {kf_topic} ({settings.descriptor_format}, "
@@ -188,6 +191,8 @@ class FleetMapLink:
         if msg.map_id and msg.map_id != self.db.map_id:
             self.stats.inc("fleet_requests_for_other_map")
             return
+        if not self._answer_allowed(msg.from_robot, msg.kind):
+            return
         if msg.kind == FleetRequest.CATCH_UP:
             n = self.outbox.add(self.db.own_ids(after=int(msg.keyframe_id) - 1))
             self.stats.inc("fleet_catch_up_answered")
@@ -203,6 +208,29 @@ class FleetMapLink:
             self.features_pub.publish(out)
             self.stats.inc("fleet_features_answered")
             self.stats.inc("fleet_bytes_sent", len(serialize_message(out)))
+
+    def _answer_allowed(self, robot: str, kind: int) -> bool:
+        """Requests are answered within a budget per asking robot: one catch-up per
+        CATCH_UP_INTERVAL_S (each may queue the whole map), feature answers (~140 KB each) at the
+        requesters' own rate limit. A robot that asks more is refused, counted, told once."""
+        now = time.monotonic()
+        if kind == FleetRequest.CATCH_UP:
+            ok = now - self._catch_ups_answered.get(robot, -1e9) >= self.CATCH_UP_INTERVAL_S
+            if ok:
+                self._catch_ups_answered[robot] = now
+        else:
+            bucket = self._feature_buckets.get(robot)
+            if bucket is None:
+                if len(self._feature_buckets) >= 1000:  # a bounded table, even under made-up robot ids
+                    self._feature_buckets.clear()
+                rate = self.settings.max_feature_requests_per_s
+                bucket = self._feature_buckets[robot] = TokenBucket(2 * rate, max(2 * rate, 6.0))
+            ok = bucket.take(1)
+        if not ok:
+            self.stats.inc("fleet_requests_refused_too_often")
+            log_throttled(self.node, f"fleet: robot {robot} asks more often than the request budget allows; "
+                          "refused (counted in diagnostics)", "warn", float("inf"))
+        return ok
 
     def _tick(self) -> None:
         try:
@@ -295,7 +323,8 @@ class FleetRecognitionLink:
         if db is None:
             return
         kid = db.local_id(msg.from_robot, msg.map_id, int(msg.keyframe_id))
-        if kid is None:
+        if kid is None or kid not in self.asked or kid in self.cache:
+            self.stats.inc("fleet_features_unrequested")  # only answers to our own open requests are taken
             return
         try:
             lf = local_features_from_msg(msg) if msg.found else None
@@ -317,6 +346,8 @@ class FleetRecognitionLink:
         """Candidates whose owner did not answer in time: their keyframes count as having no
         features (verification fails on them, and the next-ranked keyframes decide)."""
         now = time.monotonic()
+        if len(self.asked) > 4 * self.CACHE:  # open requests only: the answered ones are in the cache
+            self.asked = {k: t for k, t in self.asked.items() if now - t < self.settings.feature_timeout_s}
         late = [w for w in self.waiting if now > w.deadline]
         if late:
             self.stats.inc("fleet_feature_timeouts", len(late))
