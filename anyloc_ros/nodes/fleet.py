@@ -85,8 +85,7 @@ class FleetMapLink:
         self._held_at_start = db.peer_keyframe_max_ids()  # catch-up starts after what we held then
         self._asked: dict[tuple[str, str], float] = {}  # peer map -> when a catch-up was asked
         self._dropped_from: set[tuple[str, str]] = set()
-        self._catch_ups_answered: dict[str, float] = {}  # asking robot -> when its last catch-up was answered
-        self._feature_buckets: dict[str, TokenBucket] = {}
+        self._answer_budgets: dict[tuple[str, int], TokenBucket] = {}  # (asking robot, request kind) -> budget
         self._request_id = 0
         # keep-all: DDS never overwrites a burst (a catch-up, a flood) unseen, it slows the sender
         # down; the gate's per-peer queues decide what is dropped, and count it
@@ -211,21 +210,16 @@ class FleetMapLink:
 
     def _answer_allowed(self, robot: str, kind: int) -> bool:
         """Requests are answered within a budget per asking robot: one catch-up per
-        CATCH_UP_INTERVAL_S (each may queue the whole map), feature answers (~140 KB each) at the
-        requesters' own rate limit. A robot that asks more is refused, counted, told once."""
-        now = time.monotonic()
-        if kind == FleetRequest.CATCH_UP:
-            ok = now - self._catch_ups_answered.get(robot, -1e9) >= self.CATCH_UP_INTERVAL_S
-            if ok:
-                self._catch_ups_answered[robot] = now
-        else:
-            bucket = self._feature_buckets.get(robot)
-            if bucket is None:
-                if len(self._feature_buckets) >= 1000:  # a bounded table, even under made-up robot ids
-                    self._feature_buckets.clear()
-                rate = self.settings.max_feature_requests_per_s
-                bucket = self._feature_buckets[robot] = TokenBucket(2 * rate, max(2 * rate, 6.0))
-            ok = bucket.take(1)
+        CATCH_UP_INTERVAL_S (each may queue the whole map), feature answers (~140 KB each) at twice
+        fleet.max_feature_requests_per_s. A robot that asks more is refused, counted, told once."""
+        bucket = self._answer_budgets.get((robot, kind))
+        if bucket is None:
+            if len(self._answer_budgets) >= 1000:  # a bounded table, even under made-up robot ids
+                self._answer_budgets.clear()
+            rate = self.settings.max_feature_requests_per_s
+            bucket = self._answer_budgets[(robot, kind)] = TokenBucket(1.0 / self.CATCH_UP_INTERVAL_S, 1.0) \
+                if kind == FleetRequest.CATCH_UP else TokenBucket(2 * rate, max(2 * rate, 6.0))
+        ok = bucket.take(1)
         if not ok:
             self.stats.inc("fleet_requests_refused_too_often")
             log_throttled(self.node, f"fleet: robot {robot} asks more often than the request budget allows; "

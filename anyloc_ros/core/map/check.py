@@ -62,7 +62,7 @@ def inspect_map(path: str | Path, full: bool = False) -> MapReport:
             db.encoder_signature.id, db.dim, db.index_config.type,
             sum(f.stat().st_size for f in path.iterdir() if f.is_file()), dict(store.damaged),
             checksummed=store.checksummed, full=full, robot_id=db.robot_id,
-            peer_keyframes=len(store.origin_ids()), robots=store.robots())
+            peer_keyframes=store.peer_count(), robots=store.robots())
         if full:
             report.index_problems = _index_problems(db, {k.id for k in keyframes})
     return report

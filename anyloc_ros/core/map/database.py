@@ -187,19 +187,8 @@ class PlaceDatabase(MapReading):
             ids = list(range(self._next_id, self._next_id + n))
             rows = [keyframe_row(ids[i], sid, stamps_ns[i], frame_ids[i], poses[i], descs[i], patches[i],
                                  thumbnails[i]) for i in range(n)]
-            with self.store.transaction("add keyframes to") as conn:
-                conn.execute("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)", (sid, time.time()))
-                conn.executemany(
-                    f"INSERT INTO keyframes({CORE_COLUMNS}, checksum, {BLOB_COLUMNS}, blobs_checksum) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                conn.executemany(f"INSERT INTO local_features({LOCAL_COLUMNS}, checksum) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None])
-                if ids:
-                    self.store.set_meta(conn, "last_id", ids[-1])
-            self._next_id += n
-            self._index.add(descs, np.array(ids, dtype=np.int64), self.store)
-            self._last_id = max([self._last_id, *ids])
-            self._index.save_if_due()
+            self._write(rows, descs, [local_row(i, lf) for i, lf in zip(ids, local, strict=True) if lf is not None],
+                        [], {sid}, "add keyframes to")
         return ids
 
     def add_peer_keyframes(
@@ -236,26 +225,31 @@ class PlaceDatabase(MapReading):
                 origin = (kid, kf.robot_id, kf.map_id, int(kf.keyframe_id))
                 orows.append((*origin, row_checksum(origin)))
                 out.append(kid)
-            if not rows:
-                return out
-            ids = [r[0] for r in rows]
-            with self.store.transaction("add other robots' keyframes to") as conn:
-                now = time.time()
-                conn.executemany("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)",
-                                 [(sid, now) for sid in sorted(sessions)])
-                conn.executemany(
-                    f"INSERT INTO keyframes({CORE_COLUMNS}, checksum, {BLOB_COLUMNS}, blobs_checksum) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                conn.executemany(f"INSERT INTO local_features({LOCAL_COLUMNS}, checksum) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 lrows)
-                conn.executemany(f"INSERT INTO origins({ORIGIN_COLUMNS}, checksum) VALUES (?,?,?,?,?)", orows)
-                self.store.set_meta(conn, "last_id", ids[-1])
-            self._next_id += len(ids)
-            self._index.add(np.stack([descs[i] for i, k in enumerate(out) if k is not None]),
-                            np.array(ids, dtype=np.int64), self.store)
-            self._last_id = max([self._last_id, *ids])
-            self._index.save_if_due()
+            if rows:
+                self._write(rows, np.stack([descs[i] for i, k in enumerate(out) if k is not None]), lrows, orows,
+                            sessions, "add other robots' keyframes to")
         return out
+
+    def _write(self, rows: list[tuple[Any, ...]], descs: np.ndarray, local_rows: list[tuple[Any, ...]],
+               origin_rows: list[tuple[Any, ...]], sessions: set[str], action: str) -> None:
+        """Keyframe rows (keyframe_row), their local features and origins, in one transaction
+        with their sessions; then the index. Under self._lock, ids from self._next_id."""
+        ids = [int(r[0]) for r in rows]
+        with self.store.transaction(action) as conn:
+            now = time.time()
+            conn.executemany("INSERT OR IGNORE INTO sessions(id, created) VALUES (?, ?)",
+                             [(sid, now) for sid in sorted(sessions)])
+            conn.executemany(f"INSERT INTO keyframes({CORE_COLUMNS}, checksum, {BLOB_COLUMNS}, blobs_checksum) "
+                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany(f"INSERT INTO local_features({LOCAL_COLUMNS}, checksum) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             local_rows)
+            conn.executemany(f"INSERT INTO origins({ORIGIN_COLUMNS}, checksum) VALUES (?,?,?,?,?)", origin_rows)
+            if ids:
+                self.store.set_meta(conn, "last_id", ids[-1])
+        self._next_id += len(ids)
+        self._index.add(descs, np.array(ids, dtype=np.int64), self.store)
+        self._last_id = max([self._last_id, *ids])
+        self._index.save_if_due()
 
     def set_robot_id(self, robot_id: str) -> None:
         """Record the robot that maps into this map (`anyloc map merge` names its keyframes by it)."""

@@ -122,7 +122,7 @@ class MapReading:
         return self.store.own_ids(after)
 
     def is_own(self, keyframe_id: int) -> bool:
-        return self.get_or_none(keyframe_id) is not None and int(keyframe_id) not in self.store.origin_ids()
+        return self.get_or_none(keyframe_id) is not None and not self.store.has_origin(keyframe_id)
 
     @property
     def robot_id(self) -> str:
@@ -247,4 +247,4 @@ class MapReading:
     def stats(self) -> MapStats:
         return MapStats(len(self), self.sessions(), self.session, self.dim, self.index_config.type,
                         self._index.trained, dict(self.encoder_signature), len(self.store.damaged),
-                        len(self.store.origin_ids()), self.store.robots())
+                        self.store.peer_count(), self.store.robots())

@@ -257,12 +257,16 @@ class MapStore:
             return None
         return rows[0][:9]
 
+    @property
+    def _has_origins(self) -> bool:
+        return "id" in self._columns["origins"]  # False: a map made before the fleet, read by a follower
+
     def origins(self, ids: Sequence[int]) -> dict[int, tuple[str, str, int]]:
         """(robot_id, map_id, id there) of the keyframes among `ids` that came from another robot;
         a damaged origin row marks its keyframe damaged (it would name the wrong robot's place)."""
-        if "id" not in self._columns["origins"]:
-            return {}  # a map made before the fleet, read by a follower
         out: dict[int, tuple[str, str, int]] = {}
+        if not self._has_origins:
+            return out
         for part in chunks([int(i) for i in ids]):
             for r in self.read(f"SELECT {ORIGIN_COLUMNS}, checksum FROM origins WHERE id IN "
                                f"({','.join('?' * len(part))})", part):
@@ -270,37 +274,36 @@ class MapStore:
                     out[int(r[0])] = (str(r[1]), str(r[2]), int(r[3]))
         return out
 
-    def origin_ids(self) -> set[int]:
-        """Every keyframe id that came from another robot (its origin row, intact or not)."""
-        if "id" not in self._columns["origins"]:
-            return set()
-        return {int(r[0]) for r in self.read("SELECT id FROM origins")}
+    def has_origin(self, keyframe_id: int) -> bool:
+        """The keyframe came from another robot (its origin row, intact or not)."""
+        return self._has_origins and bool(self.read("SELECT 1 FROM origins WHERE id=?", (int(keyframe_id),)))
+
+    def peer_count(self) -> int:
+        return int(self.read("SELECT count(*) FROM origins")[0][0]) if self._has_origins else 0
 
     def local_id(self, robot_id: str, map_id: str, remote_id: int) -> int | None:
         """This map's id of another robot's keyframe, when held."""
-        if "id" not in self._columns["origins"]:
+        if not self._has_origins:
             return None
         rows = self.read("SELECT id FROM origins WHERE robot_id=? AND map_id=? AND remote_id=?",
                          (robot_id, map_id, int(remote_id)))
         return int(rows[0][0]) if rows else None
 
     def peer_max_ids(self) -> dict[tuple[str, str], int]:
-        if "id" not in self._columns["origins"]:
+        if not self._has_origins:
             return {}
         rows = self.read("SELECT robot_id, map_id, max(remote_id) FROM origins GROUP BY robot_id, map_id")
         return {(str(r), str(m)): int(i) for r, m, i in rows}
 
     def robots(self) -> list[str]:
-        if "id" not in self._columns["origins"]:
+        if not self._has_origins:
             return []
         return [str(r[0]) for r in self.read("SELECT DISTINCT robot_id FROM origins ORDER BY robot_id")]
 
     def own_ids(self, after: int = -1) -> list[int]:
         """Ids of the map's own keyframes (not another robot's) above `after`, ascending."""
-        if "id" not in self._columns["origins"]:
-            return [int(r[0]) for r in self.read("SELECT id FROM keyframes WHERE id > ? ORDER BY id", (after,))]
-        return [int(r[0]) for r in self.read("SELECT id FROM keyframes WHERE id > ? AND id NOT IN (SELECT id FROM "
-                                             "origins) ORDER BY id", (after,))]
+        others = " AND id NOT IN (SELECT id FROM origins)" if self._has_origins else ""
+        return [int(r[0]) for r in self.read(f"SELECT id FROM keyframes WHERE id > ?{others} ORDER BY id", (after,))]
 
     def _col(self, table: str, column: str) -> str:
         """The column, or NULL in a map made before it (read by a follower: the writer adds it)."""

@@ -87,13 +87,9 @@ class PlaceRecognizer:
         if self.filter.suppressed(loop):
             return RecognitionResult(q, matches, suppressed=True)
         clock.lap("filter")
-        verified, rejected, awaiting = self._verify(loop, matches, local)
+        result = self._conclude(q, matches, loop, local)
         clock.lap("verification")
-        if verified is None:
-            return RecognitionResult(q, matches, rejected=rejected, awaiting=awaiting,
-                                     candidate=loop if awaiting else None)
-        self.filter.publish(verified)
-        return RecognitionResult(q, matches, verified)
+        return result
 
     def finish(self, result: RecognitionResult, local: LocalFeatures | None) -> RecognitionResult:
         """A candidate that waited for other robots' local features, verified now that they are
@@ -101,11 +97,18 @@ class PlaceRecognizer:
         loop = result.candidate
         if loop is None or self.filter.suppressed(loop):
             return RecognitionResult(result.query, result.matches, suppressed=loop is not None)
-        verified, rejected, awaiting = self._verify(loop, result.matches, local)
+        return self._conclude(result.query, result.matches, loop, local)
+
+    def _conclude(self, q: Query, matches: list[Match], loop: LoopCandidate, local: LocalFeatures | None
+                  ) -> RecognitionResult:
+        """A confirmed, unsuppressed candidate: verified and published, rejected, or waiting for
+        other robots' local features."""
+        verified, rejected, awaiting = self._verify(loop, matches, local)
         if verified is None:
-            return RecognitionResult(result.query, result.matches, rejected=rejected, awaiting=awaiting)
+            return RecognitionResult(q, matches, rejected=rejected, awaiting=awaiting,
+                                     candidate=loop if awaiting else None)
         self.filter.publish(verified)
-        return RecognitionResult(result.query, result.matches, verified)
+        return RecognitionResult(q, matches, verified)
 
     def _features(self, m: Match) -> LocalFeatures | None:
         lf = self.db.local_features(m.keyframe_id)
