@@ -314,3 +314,36 @@ def test_fleet_settings_are_checked():
         settings(robot_id="robot_a", **{"fleet.topic": "fleet"})
     with pytest.raises(ConfigError, match="fleet.peers"):
         settings(robot_id="robot_a", **{"fleet.peers": "robot_b,9x"})
+
+
+def test_a_candidate_waiting_for_a_peer_is_not_rejected(tmp_path):
+    """A better-ranked peer keyframe whose features failed and a second still on its way: the
+    candidate waits (awaiting), it is not reported rejected (the node would count it so), and
+    once the second answers it is decided."""
+    from anyloc_ros.core.config.recognition import LoopClosureConfig, VerificationConfig
+    from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
+
+    rng = np.random.default_rng(0)
+    d = unit(1, 5)[0]
+    near = [d + 0.01 * rng.normal(size=16).astype(np.float32) for _ in range(2)]
+
+    def features(seed: int) -> LocalFeatures:
+        r = np.random.default_rng(seed)
+        desc = r.normal(size=(40, 8)).astype(np.float32)
+        return LocalFeatures(r.uniform(0, 60, (40, 2)).astype(np.float32),
+                             (desc / np.linalg.norm(desc, axis=1, keepdims=True)).astype(np.float16),
+                             np.ones(40, np.float32), (48, 64))
+
+    with PlaceDatabase(tmp_path / "b", SIG) as db:
+        ids = db.add_peer_keyframes([peer(1, d=near[0]), peer(2, d=near[1])])
+        answers = {ids[0]: features(1)}  # the first answered (and it will not verify); the second not yet
+        rec = PlaceRecognizer(db, LoopClosureConfig(consistency=1, min_score=0.0, exclude_recent_count=0,
+                                                    exclude_recent_s=0.0, suppress_window=0),
+                              verification=VerificationConfig(), peer_features=answers.get)
+        query = features(7)
+        result = rec.query(d, 100 * 10**9, local=query)
+        assert result.loop is None and result.candidate is not None
+        assert result.awaiting == [ids[1]] and result.rejected is None
+        answers[ids[1]] = features(2)
+        done = rec.finish(result, query)
+        assert done.loop is None and done.rejected is not None and not done.rejected.verified

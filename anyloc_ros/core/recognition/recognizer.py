@@ -146,8 +146,8 @@ class PlaceRecognizer:
                     failed = v
         if best is not None:
             return LoopCandidate(loop.query, best[0], loop.consistent, best[1]), None, []
-        if awaiting:  # another robot's keyframes: verified when their owner's features arrive
-            return None, failed, awaiting
+        if awaiting:  # another robot's keyframes: decided when their owner's features arrive (not rejected yet)
+            return None, None, awaiting
         if failed is None and not vc.required:  # nothing to verify with: published unverified
             return loop, None, []
         return None, failed or Verification(False, 0, 0), []
