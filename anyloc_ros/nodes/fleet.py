@@ -110,7 +110,7 @@ class FleetMapLink:
             return None
         data, scale = encode_descriptor(self.db.descriptors([keyframe_id])[0], FORMATS[self.format])
         m = FleetKeyframe(robot_id=self.robot_id, map_id=self.db.map_id, session=kf.session,
-                          keyframe_id=int(kf.id), encoder_id=self.db.encoder_id, descriptor_format=self.format,
+                          keyframe_id=int(kf.id), encoder_id=self.db.encoder_signature.id, descriptor_format=self.format,
                           descriptor_scale=float(scale), pose_valid=kf.pose is not None, frame_id=self.pose_frame(),
                           camera=kf.frame_id)
         m.stamp = ns_to_stamp(kf.stamp_ns, Time)

@@ -89,6 +89,6 @@ def keyframes_as_sent(src: PlaceDatabase, robot_id: str, fmt: str = "float16") -
         if kf is None:  # damaged: never sent
             continue
         data, scale = encode_descriptor(src.descriptors([kid])[0], fmt)
-        out.append(PeerKeyframe(robot_id, src.map_id, kf.session, kid, kf.stamp_ns, src.encoder_id,
+        out.append(PeerKeyframe(robot_id, src.map_id, kf.session, kid, kf.stamp_ns, src.encoder_signature.id,
                                 decode_descriptor(data, code, src.dim, scale), kf.pose, "", kf.frame_id))
     return out

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class MapReading:
     path: Path
     dim: int
     session: str
-    encoder_signature: dict[str, Any]
+    encoder_signature: EncoderSignature  # its .id is the map's encoder id
     index_config: IndexConfig
     _lock: threading.RLock
     _index: MapIndex
@@ -129,10 +129,6 @@ class MapReading:
         """The robot that maps into this map (recorded by its mapping node), "" when not recorded."""
         rid = self.store.meta("robot_id")
         return rid if isinstance(rid, str) else ""
-
-    @property
-    def encoder_id(self) -> str:
-        return EncoderSignature(self.encoder_signature).id
 
     def _robots_of(self, ids: Sequence[int]) -> dict[int, str]:
         return {kid: o[0] for kid, o in self.store.origins(ids).items()}
