@@ -211,6 +211,13 @@ def test_merge_keeps_sessions_robots_and_content(tmp_path):
         assert out.local_features(kid) is not None and out.patches(kid) is not None and out.thumbnail(kid) == b"jpg"
     # merging again into the same output adds nothing twice
     assert merge_maps([tmp_path / "a"], tmp_path / "out").keyframes == 0
+    # an output that is a symlink (to an empty directory) is refused, nothing written through it
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with pytest.raises(MapError, match="symbolic link"):
+        merge_maps([tmp_path / "a"], tmp_path / "link")
+    assert not any((tmp_path / "empty").iterdir()) and (tmp_path / "link").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if ".merging-" in p.name]
 
 
 def test_merge_refuses_mixed_encoders_naming_fields(tmp_path):

@@ -47,6 +47,8 @@ def merge_maps(sources: Sequence[str | Path], output: str | Path) -> MergeReport
         if PlaceDatabase.exists(out_path):
             with PlaceDatabase(out_path, first) as out:
                 return _merge_into(srcs, out)
+        if out_path.is_symlink():  # never renamed over, never written through
+            raise MapError(f"{out_path} is a symbolic link: give the merged map a directory of its own")
         if out_path.exists() and any(out_path.iterdir()):
             raise MapError(f"{out_path} exists and is not a map: choose a new directory for the merged map")
         out_path.parent.mkdir(parents=True, exist_ok=True)
