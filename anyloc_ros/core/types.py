@@ -101,6 +101,9 @@ class Match:
     rerank_score: float | None = None
     sequence_score: float | None = None  # mean similarity along the best sequence line (core/recognition/sequence.py)
     robot_id: str = ""  # another robot's keyframe (fleet): its pose is in that robot's odometry frame
+    # its index along its traversal (session, camera; core/map/traversals.py): the map position that
+    # id windows count in (-1: not read from a map)
+    traversal_index: int = -1
 
     @property
     def frame_score(self) -> float:

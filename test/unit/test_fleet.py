@@ -163,6 +163,38 @@ def test_peer_keyframes_stored_as_peer_sessions_once_and_survive_restart(tmp_pat
             assert [k.robot_id for k in f.refresh()] == [] and f.stats().peer_keyframes == 6
 
 
+def test_traversal_index_follows_each_stream_in_writer_follower_and_after_restart(tmp_path):
+    """Map positions (sequence lines, consistency and suppression windows) are indices along a
+    traversal: another robot's keyframes stored between the robot's own, a catch-up of its older
+    ones stored last, a second camera: each stream counts 0, 1, 2, ... in the order recorded, in
+    the writer, in a follower that refreshes, after removals and after a restart."""
+    def indices(db, ids):
+        return [m.traversal_index for m in db.search_ids(unit(1, 99)[0], ids)]
+
+    with PlaceDatabase(tmp_path / "b", SIG) as db, PlaceDatabase(tmp_path / "b", follower=True) as f:
+        db.new_session("b1")
+        db.search(unit(1, 0)[0], 1)  # the writer's traversals exist before the writes below (kept in step)
+        f.search(unit(1, 0)[0], 1)
+        own, rear, peers = [], [], []
+        for r in range(20, 30):  # the peer's keyframes 20..29, each between two of the robot's own
+            peers += db.add_peer_keyframes([peer(r)])
+            own.append(db.add(unit(1, r)[0], r, "front"))
+            rear.append(db.add(unit(1, r + 50)[0], r, "rear"))
+        caught_up = db.add_peer_keyframes([peer(r) for r in range(10, 20)])  # older, stored last
+        f.refresh()
+        for d in (db, f):
+            assert indices(d, caught_up + peers) == list(range(20))
+            assert indices(d, own) == list(range(10)) and indices(d, rear) == list(range(10))
+        db.remove([caught_up[0], own[0]])
+        f.refresh()
+        for d in (db, f):
+            assert indices(d, caught_up[1:] + peers) == list(range(19)) and indices(d, own[1:]) == list(range(9))
+    with PlaceDatabase(tmp_path / "b", SIG) as db:  # restarted: rebuilt from the map, the same
+        assert indices(db, caught_up[1:] + peers) == list(range(19)) and indices(db, rear) == list(range(10))
+        keys = db.traversal_keys(peers)
+        assert list(db.ids_at_traversal_keys(keys)) == peers and list(np.diff(keys)) == [1] * 9
+
+
 def test_peer_keyframe_descriptor_must_fit_the_map(tmp_path):
     with PlaceDatabase(tmp_path / "b", SIG) as db:
         with pytest.raises(Exception, match="dimensions"):
@@ -250,11 +282,18 @@ def test_map_merge_cli(tmp_path):
 
 # ---------------------------------------------------------------- two robots on the corridor, in the core
 @pytest.mark.realdata
-def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt):
+@pytest.mark.parametrize("arrival", ["stored_first", "live"])
+def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt, arrival):
     """Robot A maps the first traversal; its keyframes reach robot B as the fleet topic carries
     them (float16 descriptors, no local features). B drives the second traversal, mapping its own
     keyframes and recognising: its closures are to A's keyframes, each waits for A's local features
-    (asked of A's map, as the owner answers a request), then is verified; all correct."""
+    (asked of A's map, as the owner answers a request), then is verified; all correct, one within
+    10 frames of every revisited place.
+
+    stored_first: A's keyframes are all in B's map before B drives (ids follow A's traversal).
+    live: B joins when A is 30 frames in and drives 20 behind; the DDS history hands B A's newest
+    20 first, the catch-up the 10 older ones next, then A's keyframes arrive in uneven batches
+    between B's own (ids no longer follow A's traversal; its traversal index does)."""
     from anyloc_ros.core.config.nodes import RecognitionSettings
     from anyloc_ros.core.config.recognition import KeyframeGateConfig, LoopClosureConfig, SequenceConfig
     from anyloc_ros.core.recognition.mapping import Mapper
@@ -274,13 +313,24 @@ def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt):
             data, scale = encode_descriptor(a.descriptors([kf.id])[0], "float16")
             wire.append(PeerKeyframe("robot_a", a.map_id, kf.session, kf.id, kf.stamp_ns, "",
                                      decode_descriptor(data, 1, a.dim, scale), kf.pose, "odom", kf.frame_id))
-        assert all(i is not None for i in b.add_peer_keyframes(wire))
+        if arrival == "stored_first":
+            batches = {0: wire}
+        else:  # by B's frame index: what has reached B before it
+            rng = np.random.default_rng(7)
+            batches, sent, lag = {0: wire[10:30], 1: wire[:10]}, 30, 20
+            for i in range(2, len(corridor_frames["query"])):
+                upto = min(len(wire), i + lag + 1 + int(rng.integers(-2, 3)))
+                if upto > sent and rng.random() < 0.7:  # sometimes nothing arrives, then a batch
+                    batches[i], sent = wire[sent:upto], upto
+            batches[len(corridor_frames["query"]) - 1] = wire[sent:]
         cache: dict[int, LocalFeatures | None] = {}
         step = FrameStep(PlaceRecognizer(b, LoopClosureConfig(), SequenceConfig(enable=True), peer_features=cache.get),
                          Mapper(b, KeyframeGateConfig(min_distance_m=0.5)), RecognitionSettings(exclude_current_session=True))
         step.mapper.new_session("b1")
         loops, asked, waited = [], 0, 0
         for i, f in enumerate(corridor_frames["query"]):
+            if batches.get(i):
+                assert all(k is not None for k in b.add_peer_keyframes(batches[i]))
             frame = DescriptorFrame((5000 + i) * s, "cam", i, f.descriptor, patches=f.patches, local=f.local)
             out = step(frame, Pose(float(i), 0.5, 0.0))  # B's own odometry frame
             if out.recognition.awaiting:
@@ -294,9 +344,12 @@ def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt):
             if out.loop is not None:
                 loops.append((i, b.origin(out.loop.match.keyframe_id)[2] - 1, out.loop))
         own = len(b.own_ids())
+        peer_ids = [b.local_id("robot_a", a.map_id, kf.keyframe_id) for kf in wire]
+        interleaved = peer_ids != sorted(peer_ids) or peer_ids[-1] - peer_ids[0] >= len(peer_ids)
     correct = sum(ref in corridor_gt[i] for i, ref, _ in loops)
-    print(f"inter-robot closures: {len(loops)}, correct {correct}; candidates waited {waited}, features asked {asked}, "
-          f"B's own keyframes {own}")
+    print(f"{arrival}: inter-robot closures: {len(loops)}, correct {correct}; candidates waited {waited}, "
+          f"features asked {asked}, B's own keyframes {own}")
+    assert interleaved == (arrival == "live")
     assert len(loops) >= 5 and correct == len(loops)
     assert all(lc.match.robot_id == "robot_a" and lc.verification is not None and lc.verification.verified
                for _, _, lc in loops)

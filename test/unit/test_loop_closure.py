@@ -49,7 +49,8 @@ def test_keyframe_gate_distance_rotation_interval_novelty():
 
 
 def m(kid: int, score: float = 0.9, session: str = "s") -> Match:
-    return Match(kid, score, session)
+    """A keyframe of one camera's traversal whose ids follow it (index = id)."""
+    return Match(kid, score, session, traversal_index=kid)
 
 
 def test_temporal_consistency_needs_n_consecutive_agreeing_queries():
@@ -252,11 +253,11 @@ def test_interleaved_cameras_keep_their_own_consistency_and_keyframe_gates(tmp_p
     for i in range(4):
         for cam, base in (("front", 10), ("rear", 100)):
             q = Query(i, (1000 + i) * S, "s2", camera=cam)
-            loops.append(f.update(q, [Match(base + i, 0.9, "s1")]))
+            loops.append(f.update(q, [Match(base + i, 0.9, "s1", traversal_index=base + i)]))
     confirmed = [lc for lc in loops if lc is not None]
     assert [lc.query.camera for lc in confirmed] == ["front", "rear", "front", "rear"]
     shared = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, consistency=3))
-    assert all(shared.update(Query(i, i * S, "s2"), [Match(10 + 90 * (i % 2), 0.9, "s1")]) is None for i in range(8))
+    assert all(shared.update(Query(i, i * S, "s2"), [Match(10 + 90 * (i % 2), 0.9, "s1", traversal_index=10 + 90 * (i % 2))]) is None for i in range(8))
 
     db = PlaceDatabase(tmp_path, {"backbone": "x", "dim": 2}, durable=False)
     mapper = Mapper(db, KeyframeGateConfig(min_distance_m=1.0))

@@ -44,19 +44,20 @@ class LoopClosureConfig:
     exclude_travelled_m: float = setting(0.0, "with poses: keyframes less than this much travel ago are excluded",
                                          0.0, 1e6)
     consistency: int = setting(3, "consecutive agreeing queries needed to confirm a loop closure", 1, 1000)
-    consistency_window: int = setting(3, "keyframe-id distance that counts as the same map neighbourhood",
+    consistency_window: int = setting(3, "keyframes apart along a traversal (one camera's keyframes of a "
+                                      "session) that count as the same map neighbourhood",
                                       0, 100000)
     consistency_radius_m: float = setting(0.0, "with poses: distance that counts as the same neighbourhood "
-                                          "(0 = ids)", 0.0, 1e6)
+                                          "(0 = along the traversal)", 0.0, 1e6)
     rerank: bool = setting(True, "re-rank the top-k by mutual-nearest-neighbour patch matching (needs patches)")
     rerank_min_matches: int = setting(0, "mutual matches the best candidate must reach when re-ranking",
                                       0, 1_000_000)
     rerank_min_similarity: float = 0.0  # patch pairs below this cosine similarity never count as matches
-    suppress_window: int = setting(10, "after a published closure, candidates within this keyframe-id distance "
-                                   "of its keyframe (same session) are suppressed until the robot has added this many "
+    suppress_window: int = setting(10, "after a published closure, candidates within this many keyframes of "
+                                   "its keyframe along its traversal are suppressed until the robot has added this many "
                                    "keyframes of its own: one closure per revisit (0 = off)", 0, 1_000_000)
     suppress_radius_m: float = setting(0.0, "with poses: suppress candidates within this distance of the last "
-                                       "closure's keyframe instead (0 = ids)", 0.0, 1e6)
+                                       "closure's keyframe instead (0 = along the traversal)", 0.0, 1e6)
     suppress_s: float = setting(30.0, "how long a closure suppresses its neighbourhood (0 = for the session)",
                                 0.0, 1e9)
     suppress_travel_m: float = setting(0.0, "with poses: a closure also stops suppressing its neighbourhood once the "

@@ -69,6 +69,7 @@ class PlaceDatabase(MapReading):
         self._lock = threading.RLock()
         self._store: MapStore | None = None
         self._quarantined: set[int] = set()  # damaged keyframes taken out of search (reading.py)
+        self._traversals = None  # keyframes' places along their streams, built on first use (reading.py)
         try:
             self._open(encoder_signature, create, session)
         except MapError:
@@ -247,6 +248,9 @@ class PlaceDatabase(MapReading):
             if ids:
                 self.store.set_meta(conn, "last_id", ids[-1])
         self._next_id += len(ids)
+        if self._traversals is not None:
+            remote = {int(o[0]): int(o[3]) for o in origin_rows}
+            self._traversals.add((int(r[0]), str(r[1]), str(r[3]), remote.get(int(r[0]))) for r in rows)
         self._index.add(descs, np.array(ids, dtype=np.int64), self.store)
         self._last_id = max([self._last_id, *ids])
         self._index.save_if_due()
@@ -285,6 +289,8 @@ class PlaceDatabase(MapReading):
                     conn.execute(f"DELETE FROM origins WHERE id IN ({','.join('?' * len(part))})", part)
                 conn.executemany("INSERT INTO removed(id) VALUES (?)", [(int(i),) for i in ids])
             self._index.remove(ids, self.store)
+            if self._traversals is not None:
+                self._traversals.remove(ids.tolist())
             self._index.save_quietly()
         return len(ids)
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import FeatureDimensionError
 from ..types import EncoderSignature, Keyframe, LocalFeatures, MapStats, Match
 from .rows import local_features_from_row, patches_from_row
+from .traversals import Traversals
 
 if TYPE_CHECKING:
     from ..config.map import IndexConfig
@@ -36,6 +37,7 @@ class MapReading:
     _quarantined: set[int]
     _last_id: int
     _removed_seq: int
+    _traversals: Traversals | None
 
     @property
     def store(self) -> MapStore:  # provided by PlaceDatabase
@@ -148,10 +150,24 @@ class MapReading:
             self._index.remove(np.asarray(new, np.int64), self.store)
         return True
 
-    def sessions_of(self, ids: Sequence[int] | np.ndarray) -> list[str]:
-        """The session of each id ("" for ids not in the map), in order."""
-        known = self.store.sessions_of(ids)
-        return [known.get(int(i), "") for i in ids]
+    # ---- traversals: where keyframes lie along their (session, camera) streams (traversals.py)
+    def _traversal_order(self) -> Traversals:
+        """Built from the map on first use, then kept in step by writes, removals and refresh."""
+        if self._traversals is None:
+            traversals = Traversals()
+            traversals.add(self.store.traversal_rows())
+            self._traversals = traversals
+        return self._traversals
+
+    def traversal_keys(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """traversal << 32 | index along it of each id (-1 for ids not in the map)."""
+        with self._lock:
+            return self._traversal_order().keys(ids)
+
+    def ids_at_traversal_keys(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The keyframe at each traversal key (-1 where there is none)."""
+        with self._lock:
+            return self._traversal_order().ids_at(keys)
 
     def newest_keyframes(self, session: str, n: int) -> list[Keyframe]:
         """The session's `n` newest keyframes, oldest first."""
@@ -211,7 +227,9 @@ class MapReading:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
         info = self.store.keyframes_by_id([i for i, _ in valid]) if valid else {}
         robots = self._robots_of(list(info)) if info else {}
-        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose, robot_id=robots.get(i, ""))
+        order = self._traversal_order()
+        return [Match(i, s, kf.session, kf.stamp_ns, kf.frame_id, kf.pose, robot_id=robots.get(i, ""),
+                      traversal_index=order.index(i))
                 for i, s in valid if (kf := info.get(i)) is not None and i not in self.store.damaged]
 
     def refresh(self) -> list[Keyframe]:
@@ -223,9 +241,13 @@ class MapReading:
             if removed:
                 self._removed_seq = seq
                 self._index.remove(np.asarray(removed, np.int64), self.store)
+                if self._traversals is not None:
+                    self._traversals.remove(removed)
             new = self.store.keyframes("WHERE id > ? ORDER BY id", (self._last_id,))
             if not new:
                 return []
+            if self._traversals is not None:
+                self._traversals.add(self.store.traversal_rows(self._last_id))
             ids = np.array([k.id for k in new], np.int64)
             by_id = {k.id: k for k in new}
             for kid, robot in self._robots_of(ids.tolist()).items():

@@ -195,15 +195,6 @@ class MapStore:
         return [k for r in rows if self._intact(r[0], r[:12], r[12], "pose and descriptor")
                 and (k := keyframe_from_row(r)) is not None]
 
-    def sessions_of(self, ids: Sequence[int]) -> dict[int, str]:
-        """Session of each existing keyframe id among `ids`."""
-        out: dict[int, str] = {}
-        for part in chunks([int(i) for i in ids]):
-            for kid, session in self.read(f"SELECT id, session FROM keyframes WHERE id IN ({','.join('?' * len(part))})",
-                                          part):
-                out[int(kid)] = str(session)
-        return out
-
     def keyframes_by_id(self, ids: Sequence[int]) -> dict[int, Keyframe]:
         out: dict[int, Keyframe] = {}
         for part in chunks([int(i) for i in ids]):
@@ -299,6 +290,15 @@ class MapStore:
         if not self._has_origins:
             return []
         return [str(r[0]) for r in self.read("SELECT DISTINCT robot_id FROM origins ORDER BY robot_id")]
+
+    def traversal_rows(self, after: int = -1) -> list[tuple[int, str, str, int | None]]:
+        """(id, session, camera, owner's id or None) of the keyframes above `after` (traversals.py)."""
+        if self._has_origins:
+            sql = ("SELECT k.id, k.session, k.frame_id, o.remote_id FROM keyframes k LEFT JOIN origins o "
+                   "ON o.id = k.id WHERE k.id > ?")
+        else:
+            sql = "SELECT id, session, frame_id, NULL FROM keyframes WHERE id > ?"
+        return [(int(i), str(s), str(c), r if isinstance(r, int) else None) for i, s, c, r in self.read(sql, (after,))]
 
     def own_ids(self, after: int = -1) -> list[int]:
         """Ids of the map's own keyframes (not another robot's) above `after`, ascending."""

@@ -10,10 +10,11 @@ confirmed loop-closure candidates:
 2. a similarity threshold (`min_score`) on the best remaining candidate;
 3. temporal consistency: the candidate is confirmed only when `consistency` consecutive
    queries (default 3, as ORB-SLAM3 and Kimera) matched one neighbourhood of the map
-   (keyframe ids within `consistency_window` in the same session, or poses within
+   (keyframes within `consistency_window` of each other along one traversal, a camera's
+   keyframes of a session in the order recorded: core/map/traversals.py; or poses within
    `consistency_radius_m` when both are known);
 4. one closure per revisit: once a closure is published (`publish`), candidates in its map
-   neighbourhood (`suppress_window` keyframe ids, or `suppress_radius_m` with poses) are
+   neighbourhood (`suppress_window` keyframes along the traversal, or `suppress_radius_m` with poses) are
    suppressed for `suppress_s` seconds, so a robot driving along a mapped corridor gives one
    constraint per stretch of map instead of one per frame. The suppression belongs to the
    revisit, so it also ends once the robot itself has moved on: it added `suppress_window`
@@ -136,8 +137,10 @@ class LoopClosureFilter:
         if radius_m > 0 and a.pose is not None and b.pose is not None:
             # poses of two robots are in two odometry frames: never one neighbourhood by distance
             return a.robot_id == b.robot_id and a.pose.distance_to(b.pose) <= radius_m
-        # ids are a neighbourhood along one camera's keyframes (several cameras interleave their ids)
-        return a.session == b.session and a.frame_id == b.frame_id and abs(a.keyframe_id - b.keyframe_id) <= window
+        # along one traversal (a camera's keyframes of a session, in the order recorded: other cameras'
+        # and other robots' keyframes interleave with its ids, never with its traversal index)
+        return (a.session == b.session and a.frame_id == b.frame_id and min(a.traversal_index, b.traversal_index) >= 0
+                and abs(a.traversal_index - b.traversal_index) <= window)
 
     def suppressed(self, candidate: LoopCandidate) -> bool:
         """An earlier published closure already links this neighbourhood within the same revisit
