@@ -178,7 +178,7 @@ def main() -> int:
             "GlobalDescriptor:\n\n"
             + table(["descriptor dim", "Swarm-SLAM float64", "float32", "float16 (default)", "int8",
                      "float64 / float16"], sizes)
-            + f"\n\nA local-feature answer (FleetFeatures, 512 XFeat keypoints with 64-D float32 descriptors): "
+            + f"\n\nA local-feature answer (FleetFeatures, 512 XFeat keypoints with 64-D float16 descriptors): "
               f"{feat_bytes} bytes, sent only for a peer keyframe that is a loop-closure candidate.\n\n"
             + "Recall of the map's descriptors sent through each format (queries as encoded):\n\n"
             + table(["data", "format", "Recall@1", "Recall@5", "worst cosine to the original"], recalls)

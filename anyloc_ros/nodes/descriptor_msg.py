@@ -22,6 +22,21 @@ def float32_array(x: np.ndarray) -> array.array:
     return a
 
 
+def half_array(x: np.ndarray) -> array.array:
+    """numpy -> array('H') of IEEE half-precision bit patterns (a uint16[] field holding float16 values:
+    ROS 2 has no float16 type; keypoint descriptors are kept at that precision, so float32 would
+    only double the bytes)."""
+    a = array.array("H")
+    a.frombytes(np.ascontiguousarray(x, dtype=np.float16).tobytes())
+    return a
+
+
+def _from_half(field_value: Any) -> np.ndarray:
+    raw = np.frombuffer(field_value, dtype=np.uint16) if isinstance(field_value, array.array) \
+        else np.asarray(field_value, dtype=np.uint16)
+    return raw.view(np.float16).copy()
+
+
 def _as_float32(field_value: Any) -> np.ndarray:
     if isinstance(field_value, array.array):
         return np.frombuffer(field_value, dtype=np.float32).copy()
@@ -53,7 +68,7 @@ def local_features_to_msg(lf: LocalFeatures, m: Any) -> None:
     if not len(lf.keypoints):
         return
     m.keypoints = float32_array(lf.keypoints)
-    m.keypoint_descriptors = float32_array(lf.descriptors)
+    m.keypoint_descriptors = half_array(lf.descriptors)
     m.keypoint_dim = int(lf.descriptors.shape[1])
     m.image_height, m.image_width = (int(v) for v in lf.image_size)
     if lf.camera_matrix is not None:
@@ -70,7 +85,7 @@ def local_features_from_msg(msg: Any) -> LocalFeatures | None:
     if not len(msg.keypoints) or not msg.keypoint_dim:
         return None
     kp = _as_float32(msg.keypoints)
-    desc = _as_float32(msg.keypoint_descriptors)
+    desc = _from_half(msg.keypoint_descriptors)
     dim = int(msg.keypoint_dim)
     if kp.size % 2 or desc.size != kp.size // 2 * dim:
         raise ValueError(f"{kp.size // 2} keypoints do not fit {desc.size} keypoint descriptor values of "
@@ -94,7 +109,7 @@ def local_features_from_msg(msg: Any) -> LocalFeatures | None:
             raise ValueError(f"{depths.size} keypoint depths for {n} keypoints")
         if np.any(np.isinf(depths)) or np.nanmin(np.r_[depths, 1.0]) < 0:
             raise ValueError("keypoint depths must be positive metres or NaN (no depth)")
-    return LocalFeatures(kp.reshape(n, 2), desc.reshape(n, dim).astype(np.float16), np.ones(n, np.float32),
+    return LocalFeatures(kp.reshape(n, 2), desc.reshape(n, dim), np.ones(n, np.float32),
                          (int(msg.image_height), int(msg.image_width)), K, None if identity else mount, depths)
 
 

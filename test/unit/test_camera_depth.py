@@ -116,6 +116,13 @@ def test_depths_travel_on_place_descriptors_and_are_refused_when_malformed():
     frame = DescriptorFrame(5, "cam", 1, np.ones(8, np.float32) / np.sqrt(8), "e", local=lf)
     back = frame_from_msg(frame_to_msg(frame, Header()))
     np.testing.assert_array_equal(back.local.depths, lf.depths)  # NaN where a keypoint has no depth
+    # keypoint descriptors travel at the precision the map keeps (float16 bit patterns): exact, half the bytes
+    msg = frame_to_msg(frame, Header())
+    assert back.local.descriptors.dtype == np.float16 and len(msg.keypoint_descriptors) == lf.descriptors.size
+    np.testing.assert_array_equal(back.local.descriptors, lf.descriptors)
+    msg.keypoint_descriptors[3] = 0x7E00  # a half-precision NaN
+    with pytest.raises(ValueError, match="NaN or inf"):
+        frame_from_msg(msg)
     no_depth = frame_from_msg(frame_to_msg(DescriptorFrame(5, "cam", 1, frame.descriptor, "e",
                                                            local=_features(depths=False)), Header()))
     assert no_depth.local.depths is None
