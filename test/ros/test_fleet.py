@@ -205,8 +205,11 @@ def test_two_robots_share_one_place_memory(tmp_path, corridor_frames, corridor_g
             with PlaceDatabase(tmp_path / "map_robot_b", follower=True) as bdb:
                 return sum(len(bdb.ids(s)) for s in bdb.sessions() if s.startswith("robot_a:"))
 
-        held, held_all = held_from_a(), b.map_info().peer_keyframes
         published = {(m.map_id, m.keyframe_id) for m in t.received["/anyloc_fleet/keyframes"] if m.robot_id == "robot_a"}
+        deadline = time.monotonic() + 10  # what was in flight to B when A died: stored within moments
+        while held_from_a() < len(published) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held, held_all = held_from_a(), b.map_info().peer_keyframes
         # every keyframe A got out before it died is in B's map (the last few acknowledged by A may
         # still have been in its outbox: never sent, so never received)
         assert held == len(published) and acked_before - 5 <= held <= acked_before
