@@ -141,7 +141,7 @@ class FleetMapLink:
             kf = PeerKeyframe(msg.robot_id, msg.map_id, msg.session, int(msg.keyframe_id), stamp_to_ns(msg.stamp),
                               msg.encoder_id, None, pose_from_msg(msg.pose) if msg.pose_valid else None,
                               msg.frame_id, msg.camera)
-            if kf.robot_id != self.robot_id and kf.map_id != self.db.map_id:
+            if not self.gate.is_echo(kf.robot_id, kf.map_id):  # (an echo is counted by the gate, not decoded)
                 kf.descriptor = decode_descriptor(bytes(msg.descriptor), int(msg.descriptor_format), self.db.dim,
                                                   float(msg.descriptor_scale))
         except (ValueError, TypeError, OverflowError) as exc:
@@ -210,7 +210,7 @@ class FleetMapLink:
 
     def _answer_allowed(self, robot: str, kind: int) -> bool:
         """Requests are answered within a budget per asking robot: one catch-up per
-        CATCH_UP_INTERVAL_S (each may queue the whole map), feature answers (~140 KB each) at twice
+        CATCH_UP_INTERVAL_S (each may queue the whole map), feature answers (~70 KB each) at twice
         fleet.max_feature_requests_per_s. A robot that asks more is refused, counted, told once."""
         bucket = self._answer_budgets.get((robot, kind))
         if bucket is None:

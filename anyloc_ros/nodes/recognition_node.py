@@ -41,6 +41,7 @@ from ..core.config.recognition import LoopClosureConfig, SequenceConfig, Verific
 from ..core.encoding.images import decode_image_bytes
 from ..core.errors import AnyLocError
 from ..core.map.database import PlaceDatabase
+from ..core.map.store import owner_session_id
 from ..core.recognition.recognizer import PlaceRecognizer
 from ..core.recognition.step import FrameStep, StepResult
 from ..core.types import DescriptorFrame
@@ -245,7 +246,7 @@ class RecognitionNode(Node):
         origin = self.recognizer.db.origin(lc.match.keyframe_id) if lc.match.robot_id else None
         if origin is not None:  # another robot's keyframe: named as its owner names it
             msg.match_robot_id, msg.match_map_id, msg.match_id = origin[0], origin[1], int(origin[2])
-            msg.match_session = lc.match.session.removeprefix(origin[0] + ":")
+            msg.match_session = owner_session_id(origin[0], lc.match.session)
         msg.query_pose_valid = q.pose is not None
         msg.query_pose = pose_to_msg(q.pose, PoseMsg)
         msg.match_pose_valid = lc.match.pose is not None

@@ -19,6 +19,7 @@ from anyloc_ros.core.fleet.wire import (
     PeerKeyframe,
     decode_descriptor,
     encode_descriptor,
+    keyframes_as_sent,
     parse_peers,
 )
 from anyloc_ros.core.geometry import Pose
@@ -308,11 +309,7 @@ def test_two_robots_share_the_corridor(tmp_path, corridor_frames, corridor_gt, a
         mapper_a.new_session("a1")
         for i, f in enumerate(corridor_frames["ref"]):
             mapper_a.offer(f.descriptor, (1000 + i) * s, "cam", Pose(float(i), 0.0, 0.0), local=f.local)
-        wire = []
-        for kf in a.keyframes():
-            data, scale = encode_descriptor(a.descriptors([kf.id])[0], "float16")
-            wire.append(PeerKeyframe("robot_a", a.map_id, kf.session, kf.id, kf.stamp_ns, "",
-                                     decode_descriptor(data, 1, a.dim, scale), kf.pose, "odom", kf.frame_id))
+        wire = keyframes_as_sent(a, "robot_a")  # through the float16 codec, no local features
         if arrival == "stored_first":
             batches = {0: wire}
         else:  # by B's frame index: what has reached B before it

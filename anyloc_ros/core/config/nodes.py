@@ -182,7 +182,6 @@ def parse_peers(text: str) -> frozenset[str]:
     return frozenset(check_robot_id(p, "fleet.peers entry") for p in re.split(r"[,\s]+", text.strip()) if p)
 
 
-
 @dataclass
 class FleetSettings:
     """Several robots share one place memory over DDS (README "Fleet"; nodes/fleet.py)."""
@@ -201,7 +200,7 @@ class FleetSettings:
                                      "0: unlimited); over it keyframes wait, none is dropped", 0.0, 1e12)
     max_feature_requests_per_s: float = setting(3.0, "local-feature requests to peers per second, bursts of 3 (a "
                                                 "candidate's neighbourhood; each answer is one keyframe's keypoints, "
-                                                "~140 KB with 512); 0: unlimited", 0.0, 1e6)
+                                                "~70 KB with 512); 0: unlimited", 0.0, 1e6)
     feature_timeout_s: float = setting(2.0, "how long a peer candidate waits for its owner's local features", 0.01,
                                        600.0)
     history_depth: int = setting(100, "own keyframes DDS keeps for late joiners (transient local); older ones are "

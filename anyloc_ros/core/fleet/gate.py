@@ -42,9 +42,13 @@ class PeerGate:
                      "robot; counted in diagnostics)")
         return reason
 
+    def is_echo(self, robot_id: str, map_id: str) -> bool:
+        """This robot's own keyframes (its robot id or its map) coming back on the shared topic."""
+        return robot_id == self.robot_id or map_id == self.map_id
+
     def offer(self, kf: PeerKeyframe) -> str | None:
         """Queue a peer keyframe for the map; returns the refusal reason, or None when queued."""
-        if kf.robot_id == self.robot_id or kf.map_id == self.map_id:
+        if self.is_echo(kf.robot_id, kf.map_id):
             self.counts["own_echo"] += 1  # our own keyframes on the shared topic: normal, not logged
             return "own_echo"
         try:

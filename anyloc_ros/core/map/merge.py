@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import MapError
 from ..types import EncoderSignature, PeerKeyframe
 from .database import PlaceDatabase
+from .store import owner_session_id
 
 CHUNK = 256
 
@@ -84,7 +85,7 @@ def _merge_into(srcs: list[PlaceDatabase], out: PlaceDatabase) -> MergeReport:
                 origin = src.origin(kid)
                 if origin is not None:  # a peer's keyframe it held: its own robot and id
                     robot, map_id, remote = origin
-                    session = kf.session.split(":", 1)[1] if kf.session.startswith(robot + ":") else kf.session
+                    session = owner_session_id(robot, kf.session)
                 else:
                     robot, map_id, remote, session = robot_of(src), src.map_id, kid, kf.session
                 kfs.append(PeerKeyframe(robot, map_id, session, remote, kf.stamp_ns, "", d, kf.pose, "", kf.frame_id))

@@ -77,6 +77,11 @@ def peer_session_id(robot_id: str, session: str) -> str:
     return f"{robot_id}:{session}"[:MAX_SESSION_ID]
 
 
+def owner_session_id(robot_id: str, session: str) -> str:
+    """Another robot's session as its owner names it (peer_session_id undone)."""
+    return session.removeprefix(f"{robot_id}:")
+
+
 class MapStore:
     """One map's SQLite file, opened as the writer (locked, read-write) or as a follower (read-only)."""
 

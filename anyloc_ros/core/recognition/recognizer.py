@@ -51,7 +51,8 @@ class PlaceRecognizer:
         self.filter = LoopClosureFilter(config)
         self.config = self.filter.config
         self.verification = verification or VerificationConfig()
-        self.sequence = SequenceMatcher(sequence, db.traversal_keys, db.ids_at_traversal_keys) if sequence is not None and sequence.enable else None
+        self.sequence = SequenceMatcher(sequence, db.traversal_keys, db.ids_at_traversal_keys) \
+            if sequence is not None and sequence.enable else None
         self._query_seq = 0
         self.timings: dict[str, float] = {}  # ms of the last query's stages: search, rerank, sequence, verification
 
