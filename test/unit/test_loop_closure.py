@@ -10,7 +10,7 @@ from anyloc_ros.core.encoding.patches import PatchCompressor
 from anyloc_ros.core.errors import ConfigError
 from anyloc_ros.core.geometry import Pose
 from anyloc_ros.core.map.database import PlaceDatabase
-from anyloc_ros.core.recognition.loop_closure import LoopClosureFilter, Query
+from anyloc_ros.core.recognition.loop_closure import AHEAD_SLACK, LoopClosureFilter, Query
 from anyloc_ros.core.recognition.mapping import KeyframeGate, Mapper
 from anyloc_ros.core.recognition.recognizer import PlaceRecognizer
 from anyloc_ros.core.recognition.rerank import mutual_nn_count
@@ -81,10 +81,59 @@ def test_threshold_and_recent_exclusion_by_count_time_and_travel():
     travel = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0, exclude_travelled_m=3.5))
     for i in range(10):
         timed.observe_keyframe(i, i * S, "s")
-        travel.observe_keyframe(i, 0, "s", Pose(i, 0, 0))
+        travel.observe_keyframe(i, i * S, "s", Pose(i, 0, 0))
     assert timed.excluded_ids(Query(0, 10 * S, "s")) == {8, 9}
-    assert travel.excluded_ids(Query(0, 0, "s", Pose(10, 0, 0))) == {7, 8, 9}
-    assert len(timed._recent) <= 3  # bookkeeping stays bounded
+    assert travel.excluded_ids(Query(0, 10 * S, "s", Pose(10, 0, 0))) == {7, 8, 9}
+    assert len(timed._recent) <= 3 + AHEAD_SLACK  # bookkeeping stays bounded
+
+
+@pytest.mark.parametrize("lead", [1, 2, 5])
+def test_recent_exclusion_is_the_same_when_the_mapping_node_runs_ahead(lead):
+    """Over DDS the mapping node may store a frame (and the next ones) before the recognition
+    node queries it. What the query may match must not depend on that: the keyframes made from
+    this frame on are excluded and the count, time and travel rules count back from the query,
+    as in the in-process step (recognise, then map). Found by the RGB-D bag replay: with the
+    count rule at 1, the node pipeline excluded the frame itself instead of the keyframe before
+    it and closed a loop to that one (offline: the one before). Keyframes every 0.667 s with
+    gaps, as TUM fr1/xyz at the replay's keyframe gate."""
+    rng = np.random.default_rng(lead)
+    closures = 0
+    for cfg in (LoopClosureConfig(exclude_recent_count=1, exclude_recent_s=1.0, consistency=1, min_score=0.0,
+                                  suppress_window=4, suppress_s=1000),
+                LoopClosureConfig(exclude_recent_count=3, exclude_recent_s=0.0, consistency=2, min_score=0.0),
+                LoopClosureConfig(exclude_recent_count=0, exclude_recent_s=0.0, exclude_travelled_m=0.5)):
+        frames = [(i, int(i * 0.667 * S), Pose(0.1 * i, 0, 0), rng.random() < 0.6) for i in range(80)]
+        step, nodes = LoopClosureFilter(cfg), LoopClosureFilter(cfg)
+        stored = 0  # frames the mapping node has handled
+        differ = 0
+        for i, stamp, pose, keyframe in frames:
+            q = Query(i, stamp, "s", pose)
+            while stored < min(i + 1 + lead - 1, len(frames)):  # the node pipeline: mapped up to i + lead - 1
+                j, t, p, k = frames[stored]
+                if k:
+                    nodes.observe_keyframe(j, t, "s", p)
+                stored += 1
+            offline = step.excluded_ids(q)
+            live = nodes.excluded_ids(q)
+            future = {j for j, _, _, k in frames[i:stored] if k}
+            assert future <= live  # the frame itself and later ones: never a candidate
+            assert live - future == offline, (cfg, i)
+            differ += bool(future)
+            # the same candidates through both (the search would not return excluded ones):
+            # the same closures, and one closure per revisit counts the same keyframes
+            earlier = [j for j, _, _, k in frames[:i] if k and j not in offline]
+            cands = [m(int(j)) for j in rng.permutation(earlier)[:3]]
+            a, b = step.update(q, cands), nodes.update(q, cands)
+            assert (a and a.match.keyframe_id) == (b and b.match.keyframe_id)
+            if a is not None:
+                assert step.suppressed(a) == nodes.suppressed(b)
+                if not step.suppressed(a):
+                    step.publish(a), nodes.publish(b)
+                    closures += 1
+            if keyframe:
+                step.observe_keyframe(i, stamp, "s", pose)
+        assert differ > 10  # the mapping node really ran ahead at many queries
+    assert closures > 20
 
 
 def test_one_closure_per_revisit_ends_when_the_robot_moves_on():

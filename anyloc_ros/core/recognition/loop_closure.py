@@ -6,7 +6,10 @@ confirmed loop-closure candidates:
 1. recent-frame exclusion: keyframes of the current session added within the last
    `exclude_recent_count` keyframes or `exclude_recent_s` seconds, or (with poses) less than
    `exclude_travelled_m` metres of travel ago, are never candidates — the robot just came
-   from there;
+   from there. Counted back from the query, not from the newest keyframe: a mapping process
+   sharing the map may store this very frame (or the next) before the recogniser queries it,
+   and those keyframes are excluded without shifting the count (so a node pipeline excludes
+   what the in-process step does);
 2. a similarity threshold (`min_score`) on the best remaining candidate;
 3. temporal consistency: the candidate is confirmed only when `consistency` consecutive
    queries (default 3, as ORB-SLAM3 and Kimera) matched one neighbourhood of the map
@@ -62,6 +65,12 @@ class _Recent:
     id: int
     stamp_ns: int
     travelled: float
+    pose: Pose | None
+
+
+# Keyframes kept beyond the exclusion rules' own need, so a query up to this many keyframes behind
+# the newest one stored (a mapping node that ran ahead of the recogniser) still sees its recent ones.
+AHEAD_SLACK = 16
 
 
 class LoopClosureFilter:
@@ -105,10 +114,12 @@ class LoopClosureFilter:
         if pose is not None:
             self._last_pose = pose
         self._keyframes_added += 1
-        self._recent.append(_Recent(keyframe_id, stamp_ns, self._travelled))
+        self._recent.append(_Recent(keyframe_id, stamp_ns, self._travelled, pose))
         # A keyframe that no rule excludes now never will be again (count, time and travel only
-        # grow), so the deque stays as short as the exclusion rules need.
-        while self._recent and not self._excludes(self._recent[0], len(self._recent), stamp_ns, self._travelled):
+        # grow), so the deque stays as short as the exclusion rules need (plus AHEAD_SLACK
+        # keyframes for queries older than the newest keyframe).
+        while self._recent and not self._excludes(self._recent[0], len(self._recent) - AHEAD_SLACK, stamp_ns,
+                                                  self._travelled):
             self._recent.popleft()
 
     def _excludes(self, r: _Recent, from_end: int, now_ns: int, travelled: float) -> bool:
@@ -119,13 +130,34 @@ class LoopClosureFilter:
                 or (c.exclude_recent_s > 0 and abs(now_ns - r.stamp_ns) * 1e-9 < c.exclude_recent_s)
                 or (c.exclude_travelled_m > 0 and travelled - r.travelled < c.exclude_travelled_m))
 
+    def _ahead(self, query: Query) -> int:
+        """How many of the newest keyframes are stamped at or after the query: the frame itself
+        and later ones, stored by a mapping process that ran ahead. Only the newest run counts,
+        so after a clock jump back the older keyframes are ordinary recent ones again; at most
+        AHEAD_SLACK (a camera whose stamps never advance costs that many more, not every recent keyframe)."""
+        n = 0
+        for r in reversed(self._recent):
+            if r.stamp_ns < query.stamp_ns or n == AHEAD_SLACK:
+                break
+            n += 1
+        return n
+
     def excluded_ids(self, query: Query) -> set[int]:
-        """Keyframes that may not be loop-closure candidates for this query."""
+        """Keyframes that may not be loop-closure candidates for this query: the recent ones as
+        the query saw them (what was stored from this frame on is excluded and not counted)."""
         if query.session != self._session:
             return set()
-        travelled = self._advance(query.pose)
-        n = len(self._recent)
-        return {r.id for i, r in enumerate(self._recent) if self._excludes(r, n - i, query.stamp_ns, travelled)}
+        ahead = self._ahead(query)
+        before = list(self._recent)[:len(self._recent) - ahead]
+        if ahead and before:  # the path length at the query, from the last keyframe before it
+            last = before[-1]
+            travelled = last.travelled + (query.pose.distance_to(last.pose) if query.pose is not None
+                                          and last.pose is not None else 0.0)
+        else:
+            travelled = self._advance(query.pose)
+        n = len(before)
+        excluded = {r.id for r in list(self._recent)[n:]}
+        return excluded | {r.id for i, r in enumerate(before) if self._excludes(r, n - i, query.stamp_ns, travelled)}
 
     # ---- decision
     def same_neighbourhood(self, a: Match, b: Match, radius_m: float | None = None, window: int | None = None
@@ -151,10 +183,10 @@ class LoopClosureFilter:
         now = candidate.query.stamp_ns
         while self._published and c.suppress_s > 0 and abs(now - self._published[0][1]) * 1e-9 >= c.suppress_s:
             self._published.popleft()  # after a clock jump either way too: the neighbourhood is free again
-        travelled = self._travel_of(candidate.query)
+        travelled, added = self._travel_of(candidate.query), self._added_before(candidate.query)
 
         def revisit_over(d: float | None, k: int) -> bool:  # the robot moved on since that closure
-            return (c.suppress_window > 0 and self._keyframes_added - k >= c.suppress_window) or \
+            return (c.suppress_window > 0 and added - k >= c.suppress_window) or \
                 (c.suppress_travel_m > 0 and travelled is not None and d is not None and travelled - d >= c.suppress_travel_m)
 
         return any(self.same_neighbourhood(candidate.match, m, c.suppress_radius_m, c.suppress_window)
@@ -165,10 +197,14 @@ class LoopClosureFilter:
         """The robot's odometry path length at this query (None without a pose)."""
         return self._odometer if query.pose is not None else None
 
+    def _added_before(self, query: Query) -> int:
+        """Keyframes the robot had added before this query's frame."""
+        return self._keyframes_added - (self._ahead(query) if query.session == self._session else 0)
+
     def publish(self, candidate: LoopCandidate) -> None:
         """The candidate was published: its neighbourhood is suppressed from now on."""
         self._published.append((candidate.match, candidate.query.stamp_ns, self._travel_of(candidate.query),
-                                self._keyframes_added))
+                                self._added_before(candidate.query)))
         while len(self._published) > 10_000:
             self._published.popleft()
 
