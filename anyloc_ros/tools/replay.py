@@ -203,7 +203,8 @@ def register(sub: Any) -> None:
     p.add_argument("--ground-truth", help="score each closure's relative pose against a trajectory: a TUM file "
                    "(timestamp tx ty tz qx qy qz qw of the robot base) or 'odom' (the bag's odometry is ground truth)")
     p.add_argument("--loop-radius", type=float, default=0.5, help="true loop: poses within this distance (m)")
-    p.add_argument("--loop-min-gap", type=float, default=10.0, help="... and at least this far apart in time (s)")
+    p.add_argument("--loop-min-gap", type=float, help="... and at least this far apart in time (s); default: the "
+                   "run's loop.exclude_recent_s (a keyframe younger than that is, by the nodes' own rule, not a loop)")
     p.add_argument("--peer-bag", help="a second robot's bag: two bags as two robots of a fleet (README \"Fleet\"): the "
                    "peer maps its bag first, then this robot replays its own, taking the peer's keyframes as the fleet "
                    "link does (offline: the same core objects; DDS: each robot's nodes in its namespace)")
@@ -301,8 +302,13 @@ def _cmd_replay(args: Any) -> int:
     # against a saved map every revisit counts; within one run only those far apart in time
     with PlaceDatabase(map_path, follower=True) as db:
         keyframes = db.keyframes()
-    report = loop_closure_pr(result.frames, keyframes, poses, args.loop_radius,
-                             0.0 if localization else args.loop_min_gap)
+    min_gap = args.loop_min_gap
+    if min_gap is None:
+        from ..core.config.params import NodeParameters
+        from ..core.config.recognition import LoopClosureConfig
+
+        min_gap = NodeParameters.from_file(params, "recognition_node").get(LoopClosureConfig).exclude_recent_s
+    report = loop_closure_pr(result.frames, keyframes, poses, args.loop_radius, 0.0 if localization else min_gap)
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
     closures = [f.closure for f in result.frames if f.closure is not None]
     summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
@@ -310,6 +316,7 @@ def _cmd_replay(args: Any) -> int:
                    "inter_robot_closures": sum(1 for f in result.frames if f.closure and f.closure["match_robot_id"])}
                   if args.peer_bag else {}),
                "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
+               "true_loop_radius_m": args.loop_radius, "true_loop_min_gap_s": 0.0 if localization else min_gap,
                "loop_closures_with_relative_pose": sum(1 for f in result.frames if f.loop_relative_pose),
                "loop_closures_metric": sum(1 for c in closures if c["scale_known"]),
                "latency_ms_median": float(np.median(lat)) if lat else None, "skipped": result.skipped,
@@ -324,7 +331,8 @@ def _cmd_replay(args: Any) -> int:
     print(f"replay ({result.mode}): {summary['frames']} frames, {summary['frames_matched']} with matches, "
           f"{report['loop_closures']} loop closures ({summary['loop_closures_with_relative_pose']} with a relative "
           f"pose, {summary['loop_closures_metric']} metric; precision {report['loop_precision']:.3f}, recall "
-          f"{report['loop_recall']:.3f} of {report['frames_with_true_loop']} frames with a true loop)"
+          f"{report['loop_recall']:.3f} of {report['frames_with_true_loop']} frames with a true loop: within "
+          f"{args.loop_radius} m{'' if localization else f', {min_gap:g} s apart'})"
           + (f"; against the ground truth: translation {errors['translation_error_m_median'] * 100:.1f} cm, rotation "
              f"{errors['rotation_error_deg_median']:.2f} deg median, {errors['inside_95_ellipsoid']:.2f} inside the 95% "
              "ellipsoid" if errors.get("closures_scored") and errors.get("translation_error_m_median") is not None

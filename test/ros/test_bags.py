@@ -232,6 +232,8 @@ def test_rgbd_bag_replays_into_metric_closures_offline_and_over_dds(rgbd_bag, tm
         assert e["largest_true_distance_m"] <= 1.0 and (tmp_path / ("o" if run is a else "d") /
                                                           f"closure_errors_{run['mode']}.png").stat().st_size > 0
     assert a["loop_closures_metric"] == b["loop_closures_metric"] == len(key)
+    # the report's true loops follow the run's own recency rule (1 s here), so every closure counts
+    assert a["true_loop_min_gap_s"] == 1.0 and a["loop_precision"] == b["loop_precision"] == 1.0
 
 
 @pytest.mark.ros
