@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core.encoding.images import list_images
 from ..core.errors import AnyLocError
+from .arg_types import positive_float
 
 log = logging.getLogger(__name__)
 
@@ -265,14 +266,14 @@ def register(sub: Any) -> None:
     p.add_argument("--compressed", action="store_true", help="CompressedImage instead of Image")
     p.add_argument("--image-topic", default="/camera/image_raw")
     p.add_argument("--odom-topic", default="/odom")
-    p.add_argument("--fps", type=float, default=10.0, help="frame rate when file names are not timestamps")
+    p.add_argument("--fps", type=positive_float, default=10.0, help="frame rate when file names are not timestamps")
     p.add_argument("--camera", nargs=4, type=float, metavar=("FX", "FY", "CX", "CY"),
                    help="write a sensor_msgs/CameraInfo with these intrinsics beside each image")
     p.add_argument("--distortion", nargs="+", type=float, metavar="K",
                    help="the CameraInfo's distortion: k1 k2 p1 p2 k3 (plumb_bob) or 8 (rational_polynomial)")
     p.add_argument("--depth", help="folder of 16-bit depth images registered to the colour images -> 16UC1 "
                    "(millimetres) on --depth-topic")
-    p.add_argument("--depth-scale", type=float, default=1000.0,
+    p.add_argument("--depth-scale", type=positive_float, default=1000.0,
                    help="depth image units per metre (1000: millimetres; TUM RGB-D: 5000)")
     p.add_argument("--depth-topic", default="/camera/aligned_depth_to_color/image_raw")
     p.add_argument("--quiet", action="store_true")

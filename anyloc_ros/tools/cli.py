@@ -21,6 +21,7 @@ import numpy as np
 
 from ..core.config.encoder import PRESETS, EncoderConfig
 from ..core.errors import AnyLocError
+from .arg_types import non_negative_int, positive_int
 from .encoder_args import add_encoder_args, encoder_config
 
 log = logging.getLogger("anyloc")
@@ -151,7 +152,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anyloc", description="AnyLoc visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
+    parser.add_argument("--max-image-pixels", type=positive_int, default=50_000_000,
                         help="images declaring more pixels are refused before decoding (default 50 MP)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -167,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-vocab", help="build a VLAD vocabulary (k-means on dense features of a folder of images)")
     add_encoder_args(p)
     p.add_argument("--images", required=True, help="folder of images from the target domain")
-    p.add_argument("--clusters", type=int, help="vocabulary size (default: the config's aggregation.num_clusters, 32)")
+    p.add_argument("--clusters", type=positive_int, help="vocabulary size (default: the config's aggregation.num_clusters, 32)")
     p.add_argument("--output", required=True, help="vocabulary file (.npz)")
-    p.add_argument("--samples-per-image", type=int, default=1000)
-    p.add_argument("--max-samples", type=int, default=200_000, help="reservoir size: bounds memory")
-    p.add_argument("--max-images", type=int, default=0, help="use at most this many images (evenly spaced)")
-    p.add_argument("--niter", type=int, default=50)
+    p.add_argument("--samples-per-image", type=positive_int, default=1000)
+    p.add_argument("--max-samples", type=positive_int, default=200_000, help="reservoir size: bounds memory")
+    p.add_argument("--max-images", type=non_negative_int, default=0, help="use at most this many images (evenly spaced)")
+    p.add_argument("--niter", type=positive_int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_vocab)
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit-pca", help="fit a PCA projection of the encoder's descriptors")
     _add_encode_folder_args(p)
-    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--dim", type=positive_int, default=512)
     p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=True,
                    help="scale each component to unit variance, as AnyLoc does (default); --no-whiten keeps the "
                         "variances (better when fitted on few images: see README, Encoders)")
@@ -192,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="export the configured DINOv2 layer/facet extractor to ONNX")
     add_encoder_args(p)
     p.add_argument("--output", required=True)
-    p.add_argument("--height", type=int, default=322)
-    p.add_argument("--width", type=int, default=434)
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--height", type=positive_int, default=322)
+    p.add_argument("--width", type=positive_int, default=434)
+    p.add_argument("--opset", type=positive_int, default=17)
     p.set_defaults(func=cmd_export_onnx)
 
     for register in _extra_commands():

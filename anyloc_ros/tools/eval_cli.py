@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AnyLocError
+from .arg_types import non_negative_int, positive_float
 
 
 def load_dataset(args: argparse.Namespace):
@@ -106,11 +107,11 @@ def register(sub: Any) -> None:
     p.add_argument("--queries", required=True, help="folder of query images")
     p.add_argument("--ground-truth", help="CSV (query_index,matching_ref_indices), VPR-Bench .npy, or 'vg' "
                                           "(positives from @UTM_east@UTM_north@ names within --radius)")
-    p.add_argument("--radius", type=float, default=None, help="positive radius (m): VG 25, TUM 1")
+    p.add_argument("--radius", type=positive_float, default=None, help="positive radius (m): VG 25, TUM 1")
     p.add_argument("--database-trajectory", help="TUM trajectory of the database sequence (images named by time)")
     p.add_argument("--query-trajectory", help="TUM trajectory of the query sequence")
-    p.add_argument("--max-angle", type=float, default=30.0, help="TUM: maximum heading difference (deg)")
-    p.add_argument("--build-vocab", type=int, default=0, metavar="K",
+    p.add_argument("--max-angle", type=positive_float, default=30.0, help="TUM: maximum heading difference (deg)")
+    p.add_argument("--build-vocab", type=non_negative_int, default=0, metavar="K",
                    help="fit a K-cluster vocabulary on the database images when none is given")
     p.add_argument("--output", default="results/eval")
     p.add_argument("--cache-dir", help="descriptor cache (default OUTPUT/cache)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.config.nodes import check_robot_id
 from ..core.errors import AnyLocError
+from .arg_types import non_negative_float, positive_float
 from .bags import CAMERA_INFO_TYPE, DEPTH_TYPE, IMAGE_TYPES, BagError, BagMessage, bag_poses, read_bag
 from .replay_dds import replay_dds, replay_fleet_dds
 from .replay_records import FrameResult, ReplayResult, closure_record
@@ -193,7 +194,7 @@ def register(sub: Any) -> None:
     p.add_argument("--map", help="existing map: localise against it (else a new map is built in --output)")
     p.add_argument("--offline", action="store_true", help="no DDS: the same core objects in the same order")
     p.add_argument("--params-file", help="node params file (both modes read it; default: the parameter defaults)")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (DDS mode)")
+    p.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor (DDS mode)")
     p.add_argument("--image-topic")
     p.add_argument("--odom-topic")
     p.add_argument("--camera-info-topic", help="intrinsics for loop closures' relative poses (default: the "
@@ -202,8 +203,8 @@ def register(sub: Any) -> None:
                    "with depth replays with depth.enable unless the params file says otherwise")
     p.add_argument("--ground-truth", help="score each closure's relative pose against a trajectory: a TUM file "
                    "(timestamp tx ty tz qx qy qz qw of the robot base) or 'odom' (the bag's odometry is ground truth)")
-    p.add_argument("--loop-radius", type=float, default=0.5, help="true loop: poses within this distance (m)")
-    p.add_argument("--loop-min-gap", type=float, help="... and at least this far apart in time (s); default: the "
+    p.add_argument("--loop-radius", type=positive_float, default=0.5, help="true loop: poses within this distance (m)")
+    p.add_argument("--loop-min-gap", type=non_negative_float, help="... and at least this far apart in time (s); default: the "
                    "run's loop.exclude_recent_s (a keyframe younger than that is, by the nodes' own rule, not a loop)")
     p.add_argument("--peer-bag", help="a second robot's bag: two bags as two robots of a fleet (README \"Fleet\"): the "
                    "peer maps its bag first, then this robot replays its own, taking the peer's keyframes as the fleet "

@@ -85,3 +85,27 @@ def test_export_onnx_command_roundtrip(tmp_path):
     bad = anyloc("export-onnx", "--config", str(tmp_path / "enc.yaml"), "--output", str(tmp_path / "y.onnx"),
                  "--height", "50", "--width", "70")
     assert bad.returncode == 2 and "multiples of the patch size 14" in bad.stderr
+
+
+@pytest.mark.parametrize("argv,option,what", [
+    (["replay", "bag", "--rate", "0"], "--rate", "positive number"),
+    (["replay", "bag", "--loop-radius", "nan"], "--loop-radius", "positive number"),
+    (["replay", "bag", "--loop-min-gap", "-1"], "--loop-min-gap", "non-negative number"),
+    (["make-bag", "--images", "x", "--output", "y", "--fps", "inf"], "--fps", "positive number"),
+    (["make-bag", "--images", "x", "--output", "y", "--depth-scale", "-5000"], "--depth-scale", "positive number"),
+    (["build-vocab", "--images", "x", "--output", "y", "--clusters", "0"], "--clusters", "positive integer"),
+    (["build-vocab", "--images", "x", "--output", "y", "--max-images", "-3"], "--max-images", "non-negative integer"),
+    (["eval", "--radius", "-25"], "--radius", "positive number"),
+    (["--max-image-pixels", "1.5", "encode"], "--max-image-pixels", "positive integer"),
+])
+def test_numbers_out_of_range_are_refused_by_name_before_anything_runs(argv, option, what, capsys):
+    """A rate of 0 divided by zero mid-replay, a negative gap or radius made precision/recall
+    meaningless, --clusters 0 reached k-means: each is now an argparse error naming the option."""
+    from anyloc_ros.tools.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}: must be a {what}" in err, err
+    ok = build_parser().parse_args(["replay", "bag", "--rate", "0.5", "--loop-min-gap", "0"])
+    assert (ok.rate, ok.loop_min_gap, ok.loop_radius) == (0.5, 0.0, 0.5)
