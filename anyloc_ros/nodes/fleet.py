@@ -63,6 +63,10 @@ class FleetMapLink:
 
     STORE_BATCH = 50  # peer keyframes written per transaction (one fsync)
     CATCH_UP_INTERVAL_S = 5.0
+    # A catch-up request is volatile: one published before the peer's request reader has matched
+    # ours (discovery is per endpoint: its keyframes can reach us first) is lost. While the peer's
+    # first keyframe left a gap and no answer came, it is asked again, this many times at most.
+    CATCH_UP_ATTEMPTS = 6
 
     def __init__(self, node: Node, db: PlaceDatabase, settings: FleetSettings, encoders: EncoderGate,
                  stats: RateStats, pose_frame: Callable[[], str]) -> None:
@@ -84,6 +88,9 @@ class FleetMapLink:
         self.outbox.add(own[-settings.history_depth:] if settings.history_depth else [])
         self._held_at_start = db.peer_keyframe_max_ids()  # catch-up starts after what we held then
         self._asked: dict[tuple[str, str], float] = {}  # peer map -> when a catch-up was asked
+        # peer map -> (newest id seen from it when last asked, attempts) while a gap waits for an answer
+        self._unanswered: dict[tuple[str, str], tuple[int, int]] = {}
+        self._newest_seen: dict[tuple[str, str], int] = {}
         self._dropped_from: set[tuple[str, str]] = set()
         self._answer_budgets: dict[tuple[str, int], TokenBucket] = {}  # (asking robot, request kind) -> budget
         self._request_id = 0
@@ -151,9 +158,16 @@ class FleetMapLink:
         dropped = self.gate.counts["queue_dropped"]
         reason = self.gate.offer(kf)
         peer = (kf.robot_id, kf.map_id)
+        if reason is None or reason == "duplicate":
+            waiting = self._unanswered.get(peer)
+            if waiting is not None and kf.keyframe_id <= waiting[0]:
+                del self._unanswered[peer]  # older than what we had when asking: the answer is coming
+            self._newest_seen[peer] = max(self._newest_seen.get(peer, -1), kf.keyframe_id)
         if self.gate.counts["queue_dropped"] != dropped:
             self._dropped_from.add(peer)  # asked again once its queue is empty (_tick)
         elif (reason is None or reason == "duplicate") and peer not in self._asked:  # first contact in this run
+            if kf.keyframe_id > self._held_at_start.get(peer, -1) + 1:  # DDS history began after what we hold
+                self._unanswered[peer] = (kf.keyframe_id, 0)
             self._catch_up(*peer)
 
     def _catch_up(self, robot: str, map_id: str) -> None:
@@ -163,7 +177,10 @@ class FleetMapLink:
         if now - self._asked.get((robot, map_id), -1e9) < self.CATCH_UP_INTERVAL_S:
             return
         self._asked[(robot, map_id)] = now
-        after = self._held_at_start.get((robot, map_id), -1) + 1
+        peer = (robot, map_id)
+        if peer in self._unanswered:
+            self._unanswered[peer] = (self._newest_seen.get(peer, -1), self._unanswered[peer][1] + 1)
+        after = self._held_at_start.get(peer, -1) + 1
         self._request_id += 1
         self.request_pub.publish(FleetRequest(from_robot=self.robot_id, to_robot=robot, map_id=map_id,
                                               kind=FleetRequest.CATCH_UP, keyframe_id=after,
@@ -235,6 +252,17 @@ class FleetMapLink:
                          and now - self._asked.get(p, -1e9) >= self.CATCH_UP_INTERVAL_S]:
                 self._dropped_from.discard(peer)
                 self._catch_up(*peer)
+            for peer, (_, attempts) in list(self._unanswered.items()):
+                if now - self._asked.get(peer, -1e9) < self.CATCH_UP_INTERVAL_S:
+                    continue
+                if attempts >= self.CATCH_UP_ATTEMPTS:
+                    del self._unanswered[peer]
+                    self.stats.inc("fleet_catch_up_unanswered")
+                    self.node.get_logger().warn(
+                        f"fleet: robot {peer[0]} did not answer {attempts} catch-up requests; its keyframes older "
+                        "than its DDS history are asked for again on the next start")
+                else:
+                    self._catch_up(*peer)
         except Exception as exc:  # never let the fleet link stop the mapping node
             self.stats.inc("fleet_failures")
             log_error(self.node, f"fleet: {type(exc).__name__}: {exc}")
@@ -266,6 +294,9 @@ class FleetRecognitionLink:
     finishes the waiting candidates when they arrive (the node publishes what verifies)."""
 
     CACHE = 256  # peer keyframes' local features kept (a revisit asks once)
+    # An unanswered request (owner busy, gone, or its reader not yet matched to ours: the request
+    # is lost) makes its keyframes featureless for this long, then they are asked for again.
+    RETRY_AFTER_S = 10.0
 
     def __init__(self, node: Any, settings: FleetSettings, stats: RateStats) -> None:
         self.node, self.settings, self.stats = node, settings, stats
@@ -276,6 +307,7 @@ class FleetRecognitionLink:
         self.bucket = TokenBucket(settings.max_feature_requests_per_s, max(settings.max_feature_requests_per_s, 3.0))
         self.cache: OrderedDict[int, LocalFeatures | None] = OrderedDict()
         self.asked: dict[int, float] = {}  # local keyframe id -> when
+        self.timed_out: dict[int, float] = {}  # local keyframe id -> when its request timed out
         self.waiting: list[_Waiting] = []
         self._request_id = 0
         node.create_timer(0.1, self._expire)
@@ -317,6 +349,8 @@ class FleetRecognitionLink:
         if db is None:
             return
         kid = db.local_id(msg.from_robot, msg.map_id, int(msg.keyframe_id))
+        if kid is not None and self.timed_out.pop(kid, None) is not None:
+            self.cache.pop(kid, None)  # a late answer replaces the timeout's placeholder
         if kid is None or kid not in self.asked or kid in self.cache:
             self.stats.inc("fleet_features_unrequested")  # only answers to our own open requests are taken
             return
@@ -340,6 +374,9 @@ class FleetRecognitionLink:
         """Candidates whose owner did not answer in time: their keyframes count as having no
         features (verification fails on them, and the next-ranked keyframes decide)."""
         now = time.monotonic()
+        for kid in [k for k, t in self.timed_out.items() if now - t >= self.RETRY_AFTER_S]:
+            del self.timed_out[kid]
+            self.cache.pop(kid, None)  # unknown again: the next candidate on it waits and asks again
         if len(self.asked) > 4 * self.CACHE:  # open requests only: the answered ones are in the cache
             self.asked = {k: t for k, t in self.asked.items() if now - t < self.settings.feature_timeout_s}
         late = [w for w in self.waiting if now > w.deadline]
@@ -349,3 +386,4 @@ class FleetRecognitionLink:
             for w in late:
                 for kid in w.keyframes - set(self.cache):
                     self.cache[kid] = NO_FEATURES
+                    self.timed_out[kid] = now

@@ -229,6 +229,73 @@ def test_two_robots_share_one_place_memory(tmp_path, corridor_frames, corridor_g
         t.close()
 
 
+def test_a_lost_catch_up_request_is_asked_again_until_answered(tmp_path, xfeat_encoder):
+    """DDS matches each pair of endpoints on its own: a late joiner can receive a peer's keyframe
+    history before the peer's request reader has matched its request writer, and a volatile
+    request sent then is lost (the cause of a late joiner left with only the 20 history keyframes
+    in this file's fleet test, seen in two runs). Here the peer (the driver) publishes ids 50-69 as
+    history and listens for requests only once they are stored: the catch-up is asked again, then
+    answered with ids 0-49, and after the answer nobody asks again."""
+    from anyloc_ros.msg import FleetKeyframe, FleetRequest
+
+    from anyloc_ros.core.fleet.wire import encode_descriptor
+    from anyloc_ros.nodes.fleet import FleetMapLink, keyframes_qos
+    from anyloc_ros.nodes.qos import queue_qos
+
+    sig = dict(xfeat_encoder.signature())
+    rng = np.random.default_rng(1)
+
+    def kf(i: int) -> FleetKeyframe:
+        d = rng.normal(size=int(sig["dim"])).astype(np.float32)
+        data, scale = encode_descriptor(d / np.linalg.norm(d), "float16")
+        m = FleetKeyframe(robot_id="robot_a", map_id="map_of_a", session="s1", keyframe_id=i,
+                          encoder_id=xfeat_encoder.signature().id, descriptor_format=1, descriptor_scale=scale,
+                          frame_id="odom", camera="cam")
+        m.descriptor = data
+        m.stamp.sec = 100 + i
+        return m
+
+    t = DriverNode()
+    robot = None
+    try:
+        pub = t.node.create_publisher(FleetKeyframe, "/anyloc_fleet/keyframes", keyframes_qos(20))
+        for i in range(50, 70):
+            pub.publish(kf(i))  # A's DDS history: its 20 newest keyframes
+        robot = Robot(t, tmp_path, "robot_c", ("mapping_node",), sig, **{"fleet.peers": "robot_a"})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if robot.map_info().peer_keyframes == 20:
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() < deadline, robot.procs["mapping_node"].output()[-2000:]
+            time.sleep(0.2)
+        asked: list[tuple[float, FleetRequest]] = []
+        t.node.create_subscription(FleetRequest, "/anyloc_fleet/requests",
+                                   lambda m: asked.append((time.monotonic(), m)), queue_qos(100))
+        deadline = time.monotonic() + 2 * FleetMapLink.CATCH_UP_INTERVAL_S + 5
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert asked, "the lost catch-up request was not asked again"
+        req = asked[0][1]
+        assert (req.from_robot, req.to_robot, req.map_id, req.kind, req.keyframe_id) == \
+            ("robot_c", "robot_a", "map_of_a", FleetRequest.CATCH_UP, 0)
+        for i in range(0, 50):
+            pub.publish(kf(i))
+        answered = time.monotonic()
+        deadline = answered + 30
+        while robot.map_info().peer_keyframes < 70:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(FleetMapLink.CATCH_UP_INTERVAL_S + 1.5)
+        assert [m.keyframe_id for a, m in asked if a > answered + 0.5] == []  # answered: not asked again
+    finally:
+        if robot is not None:
+            robot.stop()
+        t.close()
+
+
 def test_bad_peers_are_refused_and_counted(tmp_path, xfeat_encoder):
     """Another encoder, malformed content, a flood and the robot's own keyframes echoed back, sent
     straight onto the fleet topic: refused with counted reasons in /diagnostics, the map holds

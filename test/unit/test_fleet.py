@@ -404,3 +404,64 @@ def test_a_candidate_waiting_for_a_peer_is_not_rejected(tmp_path):
         answers[ids[1]] = features(2)
         done = rec.finish(result, query)
         assert done.loop is None and done.rejected is not None and not done.rejected.verified
+
+
+def test_a_feature_request_that_timed_out_is_asked_again_later(monkeypatch):
+    """The recognition node's fleet link: a request nobody answers (the owner's reader not yet
+    matched to ours loses it; the owner is busy or gone) lets the waiting candidate go after
+    fleet.feature_timeout_s and makes the keyframe featureless (the next-ranked decide) for
+    RETRY_AFTER_S, then unknown again: the next candidate on it asks again, and an answer is
+    taken. Before, a timed-out keyframe stayed featureless for good (until 256 others pushed
+    it out of the cache)."""
+    from types import SimpleNamespace
+
+    from anyloc_ros.msg import FleetFeatures
+
+    from anyloc_ros.core.config.nodes import FleetSettings
+    from anyloc_ros.nodes import fleet as link_module
+    from anyloc_ros.nodes.diagnostics import RateStats
+    from anyloc_ros.nodes.fleet import NO_FEATURES, FleetRecognitionLink
+
+    clock = [100.0]
+    monkeypatch.setattr(link_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    sent, finished = [], []
+
+    class Node:  # what the link uses of the recognition node
+        def create_publisher(self, *_):
+            return SimpleNamespace(publish=sent.append)
+
+        def create_subscription(self, *_):
+            pass
+
+        def create_timer(self, *_):
+            pass
+
+        def database(self):
+            return SimpleNamespace(origin=lambda kid: ("robot_a", "map_a", kid + 1000),
+                                   local_id=lambda robot, map_id, remote: remote - 1000)
+
+        def finish_waiting(self, result, frame, header, waited):
+            finished.append((result, waited))
+
+    settings = FleetSettings(robot_id="robot_b", feature_timeout_s=2.0)
+    link = FleetRecognitionLink(Node(), settings, RateStats())
+    db = Node().database()
+    link.ask(db, SimpleNamespace(awaiting=[7]), None, None)
+    assert [(m.to_robot, m.keyframe_id) for m in sent] == [("robot_a", 1007)] and link.features(7) is None
+    clock[0] += 2.1  # no answer: the candidate is let go, keyframe 7 featureless for now
+    link._expire()
+    assert link.features(7) is NO_FEATURES and not link.waiting and not finished
+    clock[0] += FleetRecognitionLink.RETRY_AFTER_S - 0.5
+    link._expire()
+    assert link.features(7) is NO_FEATURES  # the recogniser does not wait on it (not awaiting)
+    clock[0] += 0.5
+    link._expire()
+    assert link.features(7) is None  # unknown again
+    link.ask(db, SimpleNamespace(awaiting=[7]), "frame", None)
+    assert len(sent) == 2 and sent[1].keyframe_id == 1007
+    answer = FleetFeatures(from_robot="robot_a", to_robot="robot_b", map_id="map_a", keyframe_id=1007, found=False)
+    link._on_features(answer)
+    assert link.features(7) is NO_FEATURES and len(finished) == 1  # answered (no features there): decided
+    clock[0] += 10 * FleetRecognitionLink.RETRY_AFTER_S
+    link._expire()
+    assert link.features(7) is NO_FEATURES  # an answer is kept: never asked again
