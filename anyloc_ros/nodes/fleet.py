@@ -88,9 +88,8 @@ class FleetMapLink:
         self.outbox.add(own[-settings.history_depth:] if settings.history_depth else [])
         self._held_at_start = db.peer_keyframe_max_ids()  # catch-up starts after what we held then
         self._asked: dict[tuple[str, str], float] = {}  # peer map -> when a catch-up was asked
-        # peer map -> (newest id seen from it when last asked, attempts) while a gap waits for an answer
-        self._unanswered: dict[tuple[str, str], tuple[int, int]] = {}
-        self._newest_seen: dict[tuple[str, str], int] = {}
+        # peer map -> [newest id heard from it, catch-ups sent] while its gap waits for an answer
+        self._unanswered: dict[tuple[str, str], list[int]] = {}
         self._dropped_from: set[tuple[str, str]] = set()
         self._answer_budgets: dict[tuple[str, int], TokenBucket] = {}  # (asking robot, request kind) -> budget
         self._request_id = 0
@@ -158,16 +157,17 @@ class FleetMapLink:
         dropped = self.gate.counts["queue_dropped"]
         reason = self.gate.offer(kf)
         peer = (kf.robot_id, kf.map_id)
-        if reason is None or reason == "duplicate":
-            waiting = self._unanswered.get(peer)
-            if waiting is not None and kf.keyframe_id <= waiting[0]:
-                del self._unanswered[peer]  # older than what we had when asking: the answer is coming
-            self._newest_seen[peer] = max(self._newest_seen.get(peer, -1), kf.keyframe_id)
+        waiting = self._unanswered.get(peer) if reason is None or reason == "duplicate" else None
+        if waiting is not None:
+            if kf.keyframe_id <= waiting[0]:
+                del self._unanswered[peer]  # not newer than one heard before (history and live ids grow): the answer
+            else:
+                waiting[0] = kf.keyframe_id
         if self.gate.counts["queue_dropped"] != dropped:
             self._dropped_from.add(peer)  # asked again once its queue is empty (_tick)
         elif (reason is None or reason == "duplicate") and peer not in self._asked:  # first contact in this run
             if kf.keyframe_id > self._held_at_start.get(peer, -1) + 1:  # DDS history began after what we hold
-                self._unanswered[peer] = (kf.keyframe_id, 0)
+                self._unanswered[peer] = [kf.keyframe_id, 0]
             self._catch_up(*peer)
 
     def _catch_up(self, robot: str, map_id: str) -> None:
@@ -179,7 +179,7 @@ class FleetMapLink:
         self._asked[(robot, map_id)] = now
         peer = (robot, map_id)
         if peer in self._unanswered:
-            self._unanswered[peer] = (self._newest_seen.get(peer, -1), self._unanswered[peer][1] + 1)
+            self._unanswered[peer][1] += 1
         after = self._held_at_start.get(peer, -1) + 1
         self._request_id += 1
         self.request_pub.publish(FleetRequest(from_robot=self.robot_id, to_robot=robot, map_id=map_id,

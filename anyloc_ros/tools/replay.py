@@ -300,16 +300,16 @@ def _cmd_replay(args: Any) -> int:
     buf = bag_poses(messages)
     poses = {stamp_to_ns(m.msg.header.stamp): buf.at(stamp_to_ns(m.msg.header.stamp))
              for m in messages if m.msgtype in IMAGE_TYPES}
-    # against a saved map every revisit counts; within one run only those far apart in time
     with PlaceDatabase(map_path, follower=True) as db:
         keyframes = db.keyframes()
-    min_gap = args.loop_min_gap
-    if min_gap is None:
+    # against a saved map every revisit counts; within one run only those far apart in time
+    min_gap = 0.0 if localization else args.loop_min_gap
+    if min_gap is None:  # by the nodes' own rule, what is younger is not a loop
         from ..core.config.params import NodeParameters
         from ..core.config.recognition import LoopClosureConfig
 
         min_gap = NodeParameters.from_file(params, "recognition_node").get(LoopClosureConfig).exclude_recent_s
-    report = loop_closure_pr(result.frames, keyframes, poses, args.loop_radius, 0.0 if localization else min_gap)
+    report = loop_closure_pr(result.frames, keyframes, poses, args.loop_radius, min_gap)
     lat = [f.latency_ms for f in result.frames if np.isfinite(f.latency_ms)]
     closures = [f.closure for f in result.frames if f.closure is not None]
     summary = {"mode": result.mode, "bag": str(bag), "map": str(map_path), "frames": len(result.frames),
@@ -317,7 +317,7 @@ def _cmd_replay(args: Any) -> int:
                    "inter_robot_closures": sum(1 for f in result.frames if f.closure and f.closure["match_robot_id"])}
                   if args.peer_bag else {}),
                "frames_matched": sum(1 for f in result.frames if f.top_ids), **report,
-               "true_loop_radius_m": args.loop_radius, "true_loop_min_gap_s": 0.0 if localization else min_gap,
+               "true_loop_radius_m": args.loop_radius, "true_loop_min_gap_s": min_gap,
                "loop_closures_with_relative_pose": sum(1 for f in result.frames if f.loop_relative_pose),
                "loop_closures_metric": sum(1 for c in closures if c["scale_known"]),
                "latency_ms_median": float(np.median(lat)) if lat else None, "skipped": result.skipped,

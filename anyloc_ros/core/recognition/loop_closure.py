@@ -97,11 +97,14 @@ class LoopClosureFilter:
         self.__init__(self.config)
 
     # ---- trajectory bookkeeping
-    def _advance(self, pose: Pose | None) -> float:
-        """Odometry path length up to `pose` (not stored)."""
-        if pose is None or self._last_pose is None:
-            return self._travelled
-        return self._travelled + pose.distance_to(self._last_pose)
+    def _advance(self, pose: Pose | None, travelled: float | None = None, last_pose: Pose | None = None) -> float:
+        """Odometry path length up to `pose` (not stored), from `travelled` at `last_pose`
+        (default: the newest keyframe's)."""
+        if travelled is None:
+            travelled, last_pose = self._travelled, self._last_pose
+        if pose is None or last_pose is None:
+            return travelled
+        return travelled + pose.distance_to(last_pose)
 
     def observe_keyframe(self, keyframe_id: int, stamp_ns: int, session: str, pose: Pose | None = None) -> None:
         """Tell the filter a keyframe was added to the map (for recent-frame exclusion)."""
@@ -147,17 +150,15 @@ class LoopClosureFilter:
         the query saw them (what was stored from this frame on is excluded and not counted)."""
         if query.session != self._session:
             return set()
-        ahead = self._ahead(query)
-        before = list(self._recent)[:len(self._recent) - ahead]
+        recent = list(self._recent)
+        n = len(recent) - self._ahead(query)
+        before, ahead = recent[:n], recent[n:]
         if ahead and before:  # the path length at the query, from the last keyframe before it
-            last = before[-1]
-            travelled = last.travelled + (query.pose.distance_to(last.pose) if query.pose is not None
-                                          and last.pose is not None else 0.0)
+            travelled = self._advance(query.pose, before[-1].travelled, before[-1].pose)
         else:
             travelled = self._advance(query.pose)
-        n = len(before)
-        excluded = {r.id for r in list(self._recent)[n:]}
-        return excluded | {r.id for i, r in enumerate(before) if self._excludes(r, n - i, query.stamp_ns, travelled)}
+        return {r.id for r in ahead} | {r.id for i, r in enumerate(before)
+                                        if self._excludes(r, n - i, query.stamp_ns, travelled)}
 
     # ---- decision
     def same_neighbourhood(self, a: Match, b: Match, radius_m: float | None = None, window: int | None = None
