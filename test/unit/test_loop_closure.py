@@ -316,3 +316,21 @@ def test_interleaved_cameras_keep_their_own_consistency_and_keyframe_gates(tmp_p
     assert {k.frame_id for k in db.keyframes()} == {"front", "rear"}
     assert mapper.offer(d, 3 * S, "front", Pose(2.5, 0, 0))[0] is None  # the front gate: moved only 0.5 m
     db.close()
+
+
+def test_recent_exclusion_after_the_clock_jumps_back():
+    """The query-relative count must not pin the robot's keyframes after a clock reset: right after
+    the jump the newest keyframes are stamped after the query (at most AHEAD_SLACK of them count as
+    ahead, all excluded, the count rule applies to the rest); once keyframes with the new clock
+    come, the rules count back from them again and the pre-jump keyframes are candidates."""
+    f = LoopClosureFilter(LoopClosureConfig(exclude_recent_count=3, exclude_recent_s=0.0))
+    for i in range(40):
+        f.observe_keyframe(i, (1000 + i) * S, "s")
+    jumped = f.excluded_ids(Query(0, 5 * S, "s"))  # the camera clock restarted near zero
+    assert set(range(37, 40)) <= jumped and len(jumped) == AHEAD_SLACK + 3
+    for i in range(40, 45):
+        f.observe_keyframe(i, (5 + i - 40) * S, "s")
+    assert f.excluded_ids(Query(1, 10 * S, "s")) == {42, 43, 44}
+    # and the same pipeline with the mapping node one frame ahead (this frame stored already)
+    f.observe_keyframe(45, 10 * S, "s")
+    assert f.excluded_ids(Query(1, 10 * S, "s")) == {42, 43, 44, 45}
